@@ -1,0 +1,89 @@
+"""sessionstore: move student sessions from Cassandra to DocumentDB with zero downtime."""
+
+from sessionstore._errors import (
+    BackendError,
+    BackendRejectedError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidSessionError,
+    RepairQueueError,
+    RepositoryClosedError,
+    SessionStoreError,
+    SessionTooLargeError,
+)
+from sessionstore.backends import InMemoryBackend, KeyRange, SessionBackend, StoredRecord
+from sessionstore.divergence import Divergence, DivergenceKind, compare_records
+from sessionstore.model import (
+    MAX_ENCODED_SIZE,
+    Answer,
+    Attachment,
+    SessionStatus,
+    StudentSession,
+)
+from sessionstore.phases import (
+    PHASE_PLANS,
+    Operation,
+    Phase,
+    PhasePlan,
+    PhaseSource,
+    StaticPhaseSource,
+    Store,
+)
+from sessionstore.repair import (
+    InMemoryRepairQueue,
+    RepairQueue,
+    RepairReport,
+    RepairWorker,
+    SqliteRepairQueue,
+)
+from sessionstore.repository import RepositoryState, SessionRepository
+
+__all__ = [
+    "Answer",
+    "Attachment",
+    "BackendError",
+    "BackendRejectedError",
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "Divergence",
+    "DivergenceKind",
+    "InMemoryBackend",
+    "InMemoryRepairQueue",
+    "InvalidSessionError",
+    "KeyRange",
+    "LaunchDarklyPhaseSource",
+    "MAX_ENCODED_SIZE",
+    "Operation",
+    "PHASE_PLANS",
+    "Phase",
+    "PhasePlan",
+    "PhaseSource",
+    "RepairQueue",
+    "RepairQueueError",
+    "RepairReport",
+    "RepairWorker",
+    "RepositoryClosedError",
+    "RepositoryState",
+    "SessionBackend",
+    "SessionRepository",
+    "SessionStatus",
+    "SessionStoreError",
+    "SessionTooLargeError",
+    "SqliteRepairQueue",
+    "StaticPhaseSource",
+    "Store",
+    "StoredRecord",
+    "StudentSession",
+    "compare_records",
+]
+
+
+def __getattr__(name: str) -> object:
+    # LaunchDarklyPhaseSource needs the optional launchdarkly extra: import it on use.
+    if name == "LaunchDarklyPhaseSource":
+        from sessionstore.launchdarkly import LaunchDarklyPhaseSource
+
+        return LaunchDarklyPhaseSource
+    raise AttributeError(f"module 'sessionstore' has no attribute {name!r}")

@@ -1,0 +1,92 @@
+"""The library's exceptions: one root, every class says when it is raised.
+
+::
+
+    SessionStoreError
+    ├── InvalidSessionError          bad input, raised before any store is touched
+    │   └── SessionTooLargeError     encoded session above MAX_ENCODED_SIZE
+    ├── RepositoryClosedError        a call on a repository that is not open
+    ├── ConfigurationError           a backend, phase source or job was set up wrongly
+    └── BackendError                 a store failed; ``store`` names which one
+        ├── BackendUnavailableError  the store could not be reached (connection, no replicas)
+        ├── BackendTimeoutError      the store did not answer in time
+        ├── BackendRejectedError     the store refused the request (bad query, too large, auth)
+        └── RepairQueueError         the durable repair queue could not record or read an entry
+
+Driver exceptions (cassandra-driver, PyMongo) never escape a backend: they are mapped
+to one of the ``BackendError`` classes with ``raise ... from exc``, so the original is
+kept as ``__cause__``. Messages never contain session contents or credentials.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BackendRejectedError",
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "InvalidSessionError",
+    "RepairQueueError",
+    "RepositoryClosedError",
+    "SessionStoreError",
+    "SessionTooLargeError",
+]
+
+
+class SessionStoreError(Exception):
+    """Root of every exception this library raises on purpose."""
+
+
+class InvalidSessionError(SessionStoreError, ValueError):
+    """Input failed validation; raised before any store is touched.
+
+    ``fields`` holds the dotted paths of the offending fields (names, never values).
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+class SessionTooLargeError(InvalidSessionError):
+    """The encoded session exceeds the 16 MiB limit of both stores."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"encoded session is {size} bytes; the limit is {limit} bytes", fields=("answers",)
+        )
+        self.size = size
+        self.limit = limit
+
+
+class RepositoryClosedError(SessionStoreError, RuntimeError):
+    """A repository, backend or queue was used before it was opened or after it was closed."""
+
+
+class ConfigurationError(SessionStoreError):
+    """A backend, phase source, queue or job was configured with unusable settings."""
+
+
+class BackendError(SessionStoreError):
+    """A store failed to serve a request. ``store`` is the backend's name."""
+
+    def __init__(self, message: str, *, store: str) -> None:
+        super().__init__(f"[{store}] {message}")
+        self.store = store
+
+
+class BackendUnavailableError(BackendError):
+    """The store could not be reached: connection refused, no live replicas, overloaded."""
+
+
+class BackendTimeoutError(BackendError):
+    """The store did not answer within the configured timeout."""
+
+
+class BackendRejectedError(BackendError):
+    """The store refused the request: invalid query, document too large, unauthorized."""
+
+
+class RepairQueueError(BackendError):
+    """The repair queue could not durably record or read an entry."""

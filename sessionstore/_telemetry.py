@@ -1,0 +1,134 @@
+"""Metrics through the OpenTelemetry API only. Attributes carry names, never values.
+
+Instruments (all on the meter ``sessionstore``):
+
+=========================================  =========  ======================================
+name                                       kind       attributes
+=========================================  =========  ======================================
+``db.client.operation.duration`` (s)       histogram  db.system.name, db.operation.name,
+                                                      sessionstore.store, sessionstore.phase,
+                                                      error.type (on failure)
+``sessionstore.comparisons``               counter    sessionstore.phase, sessionstore.outcome
+``sessionstore.divergence.fields``         counter    sessionstore.phase, sessionstore.field
+``sessionstore.secondary.failures``        counter    sessionstore.store, db.operation.name,
+                                                      error.type
+``sessionstore.repairs.enqueued``          counter    sessionstore.reason
+``sessionstore.repairs.completed``         counter    sessionstore.outcome
+``sessionstore.repairs.enqueue_failures``  counter    error.type
+``sessionstore.phase.fallbacks``           counter    sessionstore.reason
+``sessionstore.phase.evaluation.duration`` histogram  (none), seconds
+``sessionstore.repair.queue.depth``        gauge      (none)
+=========================================  =========  ======================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+
+__all__ = ["Telemetry"]
+
+_DB_SYSTEM = {"cassandra": "cassandra", "documentdb": "mongodb"}
+
+
+class Telemetry:
+    """The library's instruments, created once per repository.
+
+    Pass ``meter_provider`` to record somewhere other than the global provider (tests use
+    the SDK's ``InMemoryMetricReader``).
+    """
+
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        meter = metrics.get_meter("sessionstore", "0.1.0", meter_provider=meter_provider)
+        self._duration = meter.create_histogram(
+            "db.client.operation.duration", unit="s", description="Duration of store operations"
+        )
+        self._eval = meter.create_histogram(
+            "sessionstore.phase.evaluation.duration",
+            unit="s",
+            description="Time to evaluate the migration phase for one call",
+        )
+        self._comparisons = meter.create_counter(
+            "sessionstore.comparisons", description="Reads compared between the two stores"
+        )
+        self._fields = meter.create_counter(
+            "sessionstore.divergence.fields", description="Differing fields, by field name"
+        )
+        self._secondary = meter.create_counter(
+            "sessionstore.secondary.failures", description="Failed writes to the secondary store"
+        )
+        self._enqueued = meter.create_counter(
+            "sessionstore.repairs.enqueued", description="Sessions queued for repair"
+        )
+        self._completed = meter.create_counter(
+            "sessionstore.repairs.completed", description="Repairs finished, by outcome"
+        )
+        self._enqueue_failures = meter.create_counter(
+            "sessionstore.repairs.enqueue_failures",
+            description="Repairs that could not be queued",
+        )
+        self._fallbacks = meter.create_counter(
+            "sessionstore.phase.fallbacks",
+            description="Phase evaluations that fell back to the default phase",
+        )
+        self._depth_sources: list[Callable[[], int]] = []
+        meter.create_observable_gauge(
+            "sessionstore.repair.queue.depth",
+            callbacks=[self._observe_depth],
+            description="Sessions waiting in the repair queue",
+        )
+
+    def _observe_depth(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(source()) for source in self._depth_sources]
+
+    def watch_queue_depth(self, source: Callable[[], int]) -> None:
+        """Report ``source()`` (a cheap, non-blocking read) as the queue depth gauge."""
+        self._depth_sources.append(source)
+
+    def operation(
+        self, store: str, operation: str, seconds: float, phase: str, error: str | None = None
+    ) -> None:
+        """Record one store call's duration."""
+        attrs = {
+            "db.system.name": _DB_SYSTEM.get(store, store),
+            "db.operation.name": operation,
+            "sessionstore.store": store,
+            "sessionstore.phase": phase,
+        }
+        if error is not None:
+            attrs["error.type"] = error
+        self._duration.record(seconds, attrs)
+
+    def phase_evaluation(self, seconds: float) -> None:
+        """Record the cost of one phase evaluation."""
+        self._eval.record(seconds)
+
+    def comparison(self, phase: str, outcome: str, fields: Iterable[str] = ()) -> None:
+        """Count one comparison and each differing field name."""
+        self._comparisons.add(1, {"sessionstore.phase": phase, "sessionstore.outcome": outcome})
+        for field in fields:
+            self._fields.add(1, {"sessionstore.phase": phase, "sessionstore.field": field})
+
+    def secondary_failure(self, store: str, operation: str, error: str) -> None:
+        """Count a failed secondary write (the call itself succeeded)."""
+        self._secondary.add(
+            1, {"sessionstore.store": store, "db.operation.name": operation, "error.type": error}
+        )
+
+    def repair_enqueued(self, reason: str) -> None:
+        """Count a session queued for repair."""
+        self._enqueued.add(1, {"sessionstore.reason": reason})
+
+    def repair_enqueue_failed(self, error: str) -> None:
+        """Count a repair that could not be queued (verify will still find it)."""
+        self._enqueue_failures.add(1, {"error.type": error})
+
+    def repair_completed(self, outcome: str) -> None:
+        """Count a finished repair: ``copied``, ``in_sync`` or ``failed``."""
+        self._completed.add(1, {"sessionstore.outcome": outcome})
+
+    def phase_fallback(self, reason: str) -> None:
+        """Count a phase evaluation that used the default phase."""
+        self._fallbacks.add(1, {"sessionstore.reason": reason})

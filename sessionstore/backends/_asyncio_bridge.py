@@ -1,0 +1,82 @@
+"""Await a cassandra-driver request from asyncio without a thread per call.
+
+The driver runs its own I/O thread (libev or asyncore) and reports completion by calling
+callbacks on that thread. :func:`execute` registers those callbacks and hands the result
+to the asyncio loop with ``loop.call_soon_threadsafe``, so the loop never blocks and no
+worker thread is spent waiting. Example::
+
+    rows = (await execute(session, prepared.bind((key,)), timeout=10.0)).current_rows
+
+Private to the Cassandra backend: callers use :class:`~sessionstore.backends.cassandra.
+CassandraBackend`, which maps driver exceptions to the library's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from cassandra.cluster import ResultSet
+
+__all__ = ["execute"]
+
+
+def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    # Runs on the loop thread. The awaiting task may have been cancelled (or timed out)
+    # while the request was in flight: the driver still completes it, and setting a
+    # result on a cancelled future would raise InvalidStateError inside the loop.
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+def _post(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any,
+          error: BaseException | None) -> None:
+    # Runs on the driver's I/O thread (or inline in add_callbacks when the response is
+    # already there). Exceptions raised here would be swallowed by the driver, so the one
+    # expected failure -- the loop was closed before the response arrived -- is ignored
+    # on purpose: nobody is waiting any more.
+    try:
+        loop.call_soon_threadsafe(_resolve, future, value, error)
+    except RuntimeError:
+        pass
+
+
+async def execute(
+    session: Any,
+    statement: Any,
+    *,
+    timeout: float,
+    paging_state: bytes | None = None,
+) -> Any:
+    """Run ``statement`` with ``session.execute_async`` and await its first page.
+
+    Returns a :class:`cassandra.cluster.ResultSet`; read ``current_rows`` and
+    ``paging_state`` only -- iterating past the first page would fetch the next page
+    synchronously and block the loop. Driver exceptions are raised unchanged.
+
+    Cancellation abandons the wait, not the request: a write that was already sent may
+    still be applied, which the revision rule makes harmless (a replay is a no-op).
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    response_future = session.execute_async(statement, timeout=timeout, paging_state=paging_state)
+
+    def on_rows(rows: Any) -> None:
+        # ResultSet only wraps the first page already received; building it is cheap.
+        # Any failure must still reach the awaiting task, or it would wait forever.
+        try:
+            result = ResultSet(response_future, rows)
+        except Exception as exc:  # noqa: BLE001 - forwarded to the awaiting task
+            _post(loop, future, None, exc)
+        else:
+            _post(loop, future, result, None)
+
+    def on_error(exc: BaseException) -> None:
+        _post(loop, future, None, exc)
+
+    response_future.add_callbacks(on_rows, on_error)
+    return await future

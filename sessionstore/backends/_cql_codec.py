@@ -1,0 +1,295 @@
+"""Map a :class:`~sessionstore.StudentSession` to a Cassandra row and back, exactly.
+
+The row layout (see docs/cassandra.md for the table)::
+
+    session_id uuid, student_id text, assessment_id text, status text,
+    started_at timestamp, updated_at timestamp,
+    answers text,                      -- JSON of the answers, without binary data
+    attachment_data frozen<list<blob>>, -- every attachment's bytes, in answer order
+    metadata frozen<map<text,text>>, revision bigint, deleted boolean
+
+Attachments stay raw blobs rather than base64 inside the JSON: base64 costs a third
+more, and a 12 MiB drawing would then exceed Cassandra's 16 MiB mutation limit.
+
+Example::
+
+    row = to_row(session)                       # values in INSERT_COLUMNS order
+    assert from_row(fake_select_row) == session # a row shaped like SELECT_COLUMNS
+
+``from_row(row)`` accepts any row factory's output: a mapping (``dict_factory``) or a
+sequence in :data:`SELECT_COLUMNS` order (tuples, the default named tuples).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from sessionstore._errors import InvalidSessionError
+from sessionstore.backends.base import StoredRecord
+from sessionstore.model import Answer, Attachment, SessionStatus, StudentSession
+
+__all__ = [
+    "DATA_COLUMNS",
+    "INSERT_COLUMNS",
+    "SELECT_COLUMNS",
+    "RowDecodeError",
+    "from_row",
+    "record_from_row",
+    "to_row",
+    "tombstone_row",
+]
+
+#: Columns that hold session content. A save writes all of them; a tombstone nulls them.
+DATA_COLUMNS: tuple[str, ...] = (
+    "student_id",
+    "assessment_id",
+    "status",
+    "started_at",
+    "updated_at",
+    "answers",
+    "attachment_data",
+    "metadata",
+)
+
+#: Column order of :func:`to_row` and :func:`tombstone_row`.
+INSERT_COLUMNS: tuple[str, ...] = ("session_id", *DATA_COLUMNS, "revision", "deleted")
+
+# WRITETIME of every data column, aliased so that every row factory sees plain names.
+# A historical row written before the revision column existed takes the newest of them
+# as its revision: Cassandra resolves conflicts per cell, so a later save must be newer
+# than *every* cell to replace the whole row (a row may have been updated column by
+# column), not only newer than one of them.
+_WRITETIME_ALIASES: tuple[str, ...] = tuple(f"wt_{c}" for c in DATA_COLUMNS)
+
+#: ``(expression, name)`` pairs of the SELECT list that :func:`from_row` decodes.
+SELECT_COLUMNS: tuple[tuple[str, str], ...] = (
+    *((c, c) for c in INSERT_COLUMNS),
+    *((f"WRITETIME({c})", a) for c, a in zip(DATA_COLUMNS, _WRITETIME_ALIASES, strict=True)),
+)
+
+_SELECT_NAMES: tuple[str, ...] = tuple(name for _, name in SELECT_COLUMNS)
+
+# Version of the JSON layout in the ``answers`` column, so it can evolve.
+_ANSWERS_FORMAT = 1
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MS = dt.timedelta(milliseconds=1)
+
+
+class RowDecodeError(ValueError):
+    """A stored row is not a valid session. ``fields`` names the columns, never values."""
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        super().__init__(f"stored row cannot be decoded: {', '.join(fields)}")
+        self.fields = fields
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _millis(value: dt.datetime) -> int:
+    # Integer milliseconds: the driver's datetime serializer goes through a float.
+    return (value - _EPOCH) // _MS
+
+
+def _check_utf8(text: str, field: str) -> None:
+    # Cassandra's text type is UTF-8; a lone surrogate (valid in a Python str, accepted
+    # by the model) would otherwise fail deep inside the driver with a UnicodeError.
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidSessionError(
+            "text must be encodable as UTF-8", fields=(field,)
+        ) from None
+
+
+def _encode_answers(answers: Sequence[Answer]) -> tuple[str, list[bytes]]:
+    blobs: list[bytes] = []
+    items: list[dict[str, Any]] = []
+    for answer in answers:
+        refs: list[dict[str, Any]] = []
+        for att in answer.attachments:
+            refs.append({"content_type": att.content_type, "filename": att.filename})
+            blobs.append(att.data)
+        items.append(
+            {
+                "question_id": answer.question_id,
+                "response": answer.response,
+                "answered_at": None if answer.answered_at is None else _millis(answer.answered_at),
+                "attachments": refs,
+            }
+        )
+    text = json.dumps(
+        {"v": _ANSWERS_FORMAT, "answers": items},
+        ensure_ascii=False,  # UTF-8 is half the size of \\uXXXX escapes for most scripts
+        separators=(",", ":"),
+        allow_nan=False,
+    )
+    _check_utf8(text, "answers")
+    return text, blobs
+
+
+def to_row(session: StudentSession) -> tuple[Any, ...]:
+    """The values of a live row, in :data:`INSERT_COLUMNS` order (``deleted`` is False).
+
+    ``deleted=False`` is written explicitly so that a save after a delete overwrites the
+    tombstone's ``deleted=True`` cell.
+    """
+    _check_utf8(session.student_id, "student_id")
+    _check_utf8(session.assessment_id, "assessment_id")
+    for key, value in session.metadata.items():
+        _check_utf8(key, "metadata")
+        _check_utf8(value, "metadata")
+    answers, blobs = _encode_answers(session.answers)
+    return (
+        session.session_id,
+        session.student_id,
+        session.assessment_id,
+        session.status.value,
+        _millis(session.started_at),
+        _millis(session.updated_at),
+        answers,
+        blobs,
+        dict(session.metadata),
+        session.revision,
+        False,
+    )
+
+
+def tombstone_row(session_id: uuid.UUID, revision: int) -> tuple[Any, ...]:
+    """The values of a tombstone row: every data column null, ``deleted`` True.
+
+    Binding null (not "unset") writes a cell tombstone per column at the write's
+    timestamp, which shadows older cells exactly like a CQL DELETE would.
+    """
+    return (session_id, *(None for _ in DATA_COLUMNS), revision, True)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _as_mapping(row: Any) -> Mapping[str, Any]:
+    if isinstance(row, Mapping):
+        return row
+    if isinstance(row, Sequence) and len(row) == len(_SELECT_NAMES):
+        return dict(zip(_SELECT_NAMES, row, strict=True))
+    raise RowDecodeError(("<row>",))
+
+
+def _timestamp(value: Any, field: str) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise RowDecodeError((field,))
+    # The driver returns naive UTC datetimes computed through a float of seconds, which
+    # is off by up to some tens of microseconds far from 1970. Values are stored at
+    # millisecond precision, so rounding to the nearest millisecond is exact.
+    micros = (value.replace(tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(microseconds=1)
+    return _EPOCH + dt.timedelta(milliseconds=(micros + 500) // 1000)
+
+
+def _decode_answers(text: Any, blobs: Any) -> tuple[Answer, ...]:
+    if text is None:
+        # A historical row without answers; nothing else may be attached then.
+        if blobs:
+            raise RowDecodeError(("attachment_data",))
+        return ()
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("v") != _ANSWERS_FORMAT:
+            raise RowDecodeError(("answers",))
+        data = list(blobs or ())
+        used = 0
+        answers: list[Answer] = []
+        for item in doc["answers"]:
+            attachments: list[Attachment] = []
+            for ref in item["attachments"]:
+                attachments.append(
+                    Attachment(
+                        content_type=ref["content_type"],
+                        filename=ref["filename"],
+                        data=bytes(data[used]),
+                    )
+                )
+                used += 1
+            at = item["answered_at"]
+            answers.append(
+                Answer(
+                    question_id=item["question_id"],
+                    response=item["response"],
+                    attachments=tuple(attachments),
+                    answered_at=None if at is None else _EPOCH + dt.timedelta(milliseconds=at),
+                )
+            )
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
+        if isinstance(exc, RowDecodeError):
+            raise
+        raise RowDecodeError(("answers",)) from None
+    if used != len(data):
+        raise RowDecodeError(("attachment_data",))
+    return tuple(answers)
+
+
+def _revision(row: Mapping[str, Any]) -> int:
+    revision = row.get("revision")
+    if revision is None:
+        # Historical row, written before revisions existed: the newest cell wins.
+        writetimes = [row.get(alias) for alias in _WRITETIME_ALIASES]
+        revision = max((w for w in writetimes if w is not None), default=None)
+    if not isinstance(revision, int) or revision <= 0:
+        raise RowDecodeError(("revision",))
+    return revision
+
+
+def from_row(row: Any) -> StudentSession:
+    """Decode a live row (a mapping, or a sequence in :data:`SELECT_COLUMNS` order).
+
+    A null ``revision`` (a historical row) is replaced by the newest WRITETIME of the
+    data columns. Null collections decode as empty ones.
+    """
+    values = _as_mapping(row)
+    revision = _revision(values)
+    session_id = values.get("session_id")
+    if not isinstance(session_id, uuid.UUID):
+        raise RowDecodeError(("session_id",))
+    try:
+        status = SessionStatus(values.get("status"))
+    except ValueError:
+        raise RowDecodeError(("status",)) from None
+    started_at = _timestamp(values.get("started_at"), "started_at")
+    updated_at = _timestamp(values.get("updated_at"), "updated_at")
+    answers = _decode_answers(values.get("answers"), values.get("attachment_data"))
+    metadata = values.get("metadata")
+    try:
+        return StudentSession(
+            session_id=session_id,
+            student_id=values.get("student_id"),  # type: ignore[arg-type]
+            assessment_id=values.get("assessment_id"),  # type: ignore[arg-type]
+            status=status,
+            started_at=started_at,
+            updated_at=updated_at,
+            answers=answers,
+            # Cassandra may hand back null for an empty frozen map (always for a
+            # non-frozen one), and its own OrderedMapSerializedKey otherwise.
+            metadata={} if metadata is None else dict(metadata),
+            revision=revision,
+        )
+    except ValidationError as exc:
+        fields = tuple(sorted({str(err["loc"][0]) for err in exc.errors() if err["loc"]}))
+        raise RowDecodeError(fields or ("<row>",)) from None
+
+
+def record_from_row(row: Any) -> StoredRecord:
+    """Decode a row into a live record or, when ``deleted`` is true, a tombstone."""
+    values = _as_mapping(row)
+    if values.get("deleted"):
+        session_id = values.get("session_id")
+        if not isinstance(session_id, uuid.UUID):
+            raise RowDecodeError(("session_id",))
+        return StoredRecord.tombstone(session_id, _revision(values))
+    return StoredRecord.of(from_row(values))

@@ -1,0 +1,200 @@
+"""The backend protocol every store implements, and the records it exchanges.
+
+A backend is a small async object: ``get``, ``save`` (if newer), ``delete`` (a
+tombstone, if newer), ``scan`` of a key range in pages, and ``aclose``. Every write
+obeys the one rule of the design: it lands only if its revision is greater than the
+stored one (a record or a tombstone); otherwise it is a silent no-op.
+
+Example::
+
+    async with InMemoryBackend() as store:
+        await store.save(session.model_copy(update={"revision": 10}))
+        record = await store.get(session.session_id)
+        assert record is not None and record.revision == 10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from sessionstore._errors import ConfigurationError, RepositoryClosedError
+from sessionstore.model import StudentSession
+
+__all__ = [
+    "UUID_KEY_SPACE",
+    "BackendState",
+    "KeyRange",
+    "ScanPage",
+    "SessionBackend",
+    "StoredRecord",
+    "LifecycleMixin",
+]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """What a store holds for one key: a session, or a tombstone (``session is None``)."""
+
+    session_id: uuid.UUID
+    revision: int
+    session: StudentSession | None
+
+    @property
+    def deleted(self) -> bool:
+        """True for a tombstone."""
+        return self.session is None
+
+    @classmethod
+    def of(cls, session: StudentSession) -> StoredRecord:
+        """The record for a live session."""
+        return cls(session.session_id, session.revision, session)
+
+    @classmethod
+    def tombstone(cls, session_id: uuid.UUID, revision: int) -> StoredRecord:
+        """The record for a deletion at ``revision``."""
+        return cls(session_id, revision, None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class KeyRange:
+    """A half-open range ``[start, end)`` in a backend's own key order.
+
+    Cassandra orders keys by Murmur3 token (``-2**63 .. 2**63``); DocumentDB and the
+    in-memory store by the UUID's 128-bit value. Ranges are plain integers so that a
+    unit of migration work serializes to JSON.
+    """
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.start >= self.end:
+            raise ConfigurationError(f"empty key range [{self.start}, {self.end})")
+
+    def split(self, parts: int) -> list[KeyRange]:
+        """Split into ``parts`` contiguous ranges that cover this one exactly."""
+        if parts < 1:
+            raise ConfigurationError("parts must be at least 1")
+        width = self.end - self.start
+        parts = min(parts, width)
+        bounds = [self.start + (width * i) // parts for i in range(parts)] + [self.end]
+        return [KeyRange(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+    def __contains__(self, point: object) -> bool:
+        return isinstance(point, int) and self.start <= point < self.end
+
+
+#: The key space of stores ordered by UUID value (in-memory, DocumentDB).
+UUID_KEY_SPACE = KeyRange(0, 2**128)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScanPage:
+    """One page of a range scan. ``cursor`` resumes after it; None when the range is done."""
+
+    records: tuple[StoredRecord, ...]
+    cursor: str | None
+
+    def __iter__(self) -> Iterator[StoredRecord]:
+        return iter(self.records)
+
+
+@runtime_checkable
+class SessionBackend(Protocol):
+    """The async protocol of one store. See the module docstring for the revision rule."""
+
+    @property
+    def name(self) -> str:
+        """Short store name used in metrics and errors, e.g. ``"cassandra"``."""
+        ...
+
+    @property
+    def key_space(self) -> KeyRange:
+        """The whole key space of this store, for splitting into scan ranges."""
+        ...
+
+    async def get(self, session_id: uuid.UUID) -> StoredRecord | None:
+        """The stored record (tombstones included), or None if the key was never written."""
+        ...
+
+    async def save(self, session: StudentSession) -> None:
+        """Store ``session`` if its revision is greater than the stored one."""
+        ...
+
+    async def delete(self, session_id: uuid.UUID, revision: int) -> None:
+        """Write a tombstone at ``revision`` if it is greater than the stored one."""
+        ...
+
+    async def scan(
+        self, key_range: KeyRange, *, cursor: str | None = None, limit: int = 500
+    ) -> ScanPage:
+        """Up to ``limit`` records in ``key_range`` (tombstones included), in key order."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections. Idempotent."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class BackendState(enum.Enum):
+    """Lifecycle of a backend, queue or repository."""
+
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class LifecycleMixin:
+    """``async with`` support and a closed-state guard shared by the implementations."""
+
+    _state: BackendState = BackendState.UNOPENED
+    _lifecycle_name: str = "object"
+
+    async def _open(self) -> None:
+        """Connect; called once on first use or on ``__aenter__``."""
+
+    async def _close(self) -> None:
+        """Disconnect; called once by ``aclose``."""
+
+    async def _ensure_open(self) -> None:
+        if self._state is BackendState.OPEN:
+            return
+        if self._state is BackendState.CLOSED:
+            raise RepositoryClosedError(f"{self._lifecycle_name} is closed")
+        await self._open()
+        self._state = BackendState.OPEN
+
+    async def __aenter__(self) -> Self:
+        await self._ensure_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release resources; later calls raise RepositoryClosedError. Idempotent."""
+        if self._state is BackendState.CLOSED:
+            return
+        was_open = self._state is BackendState.OPEN
+        self._state = BackendState.CLOSED
+        if was_open:
+            await self._close()

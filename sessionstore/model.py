@@ -1,0 +1,225 @@
+"""The ``StudentSession`` model: strict, validated once, before any store is touched.
+
+Example::
+
+    from sessionstore import StudentSession
+    s = StudentSession.create(student_id="s-1", assessment_id="a-1")
+    s = s.model_copy(update={"status": SessionStatus.SUBMITTED})
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from collections.abc import Mapping
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from sessionstore._errors import InvalidSessionError, SessionTooLargeError
+
+__all__ = [
+    "MAX_ENCODED_SIZE",
+    "Answer",
+    "Attachment",
+    "SessionStatus",
+    "StudentSession",
+    "encoded_size",
+    "validate_session_id",
+]
+
+#: Both DocumentDB's document limit and Cassandra's default mutation limit are 16 MiB.
+MAX_ENCODED_SIZE = 16 * 1024 * 1024
+
+# Per-element allowance used by encoded_size: BSON spends a type byte, a NUL-terminated
+# key and a length prefix per element; CQL a cell header. 64 bytes is above either.
+_ELEMENT_OVERHEAD = 64
+
+
+def _utc_millis(value: dt.datetime) -> dt.datetime:
+    """Timestamps are stored at millisecond precision in UTC by both stores."""
+    if value.tzinfo is None:
+        raise ValueError("timestamp must be timezone-aware")
+    value = value.astimezone(dt.UTC)
+    return value.replace(microsecond=(value.microsecond // 1000) * 1000)
+
+
+def _portable_text(value: str) -> str:
+    # NUL cannot be stored by the Mongo-wire engines' string type.
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    return value
+
+
+def _portable_key(key: str) -> str:
+    # DocumentDB and FerretDB reject field names with '.' or a leading '$'.
+    if not key or key.startswith("$") or "." in key:
+        raise ValueError("metadata keys must be non-empty, not start with '$' nor contain '.'")
+    return _portable_text(key)
+
+
+UtcMillis = Annotated[dt.datetime, AfterValidator(_utc_millis)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_portable_text)]
+LongText = Annotated[str, StringConstraints(max_length=1_000_000), AfterValidator(_portable_text)]
+
+
+class SessionStatus(enum.StrEnum):
+    """Where a student is in a session."""
+
+    STARTED = "started"
+    IN_PROGRESS = "in_progress"
+    SUBMITTED = "submitted"
+    GRADED = "graded"
+    ABANDONED = "abandoned"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        strict=True, extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+
+class Attachment(_Strict):
+    """Binary content attached to an answer, such as an image (possibly several MB)."""
+
+    content_type: Text
+    filename: Text | None = None
+    data: bytes
+
+
+class Answer(_Strict):
+    """One answered question."""
+
+    question_id: Text
+    response: LongText
+    attachments: tuple[Attachment, ...] = ()
+    answered_at: UtcMillis | None = None
+
+
+def _now() -> dt.datetime:
+    return _utc_millis(dt.datetime.now(dt.UTC))
+
+
+class StudentSession(_Strict):
+    """A student's assessment session, as both stores hold it.
+
+    ``revision`` is set by the repository on every save (a microsecond hybrid clock);
+    0 means "never saved". Construct with :meth:`create` or :meth:`parse` to get the
+    library's :class:`~sessionstore.InvalidSessionError` instead of pydantic's.
+    """
+
+    session_id: uuid.UUID
+    student_id: Text
+    assessment_id: Text
+    status: SessionStatus = SessionStatus.STARTED
+    started_at: UtcMillis = Field(default_factory=_now)
+    updated_at: UtcMillis = Field(default_factory=_now)
+    answers: tuple[Answer, ...] = ()
+    metadata: dict[str, LongText] = Field(default_factory=dict)
+    revision: int = Field(default=0, ge=0, lt=2**63)
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            _portable_key(key)
+        return value
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> Self:
+        """Validate a mapping of Python values, raising InvalidSessionError."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _to_invalid(exc) from exc
+
+    @classmethod
+    def parse_json(cls, text: str | bytes) -> Self:
+        """Validate JSON (UUIDs and timestamps as strings, bytes as base64)."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            raise _to_invalid(exc) from exc
+
+    @classmethod
+    def create(cls, **fields: Any) -> Self:
+        """Build a new session, generating ``session_id`` when absent.
+
+        >>> StudentSession.create(student_id="s-1", assessment_id="a-1").revision
+        0
+        """
+        fields.setdefault("session_id", uuid.uuid4())
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise _to_invalid(exc) from exc
+
+
+def _to_invalid(exc: ValidationError) -> InvalidSessionError:
+    # Only field paths and error kinds: pydantic's default message would echo values.
+    fields = tuple(".".join(str(p) for p in err["loc"]) for err in exc.errors())
+    kinds = sorted({err["type"] for err in exc.errors()})
+    return InvalidSessionError(
+        f"invalid session: {', '.join(fields) or '<root>'} ({', '.join(kinds)})", fields=fields
+    )
+
+
+def ensure_session(value: object) -> StudentSession:
+    """Return ``value`` if it is a valid StudentSession, else raise InvalidSessionError.
+
+    Re-validates, because ``model_construct`` or ``model_copy(update=...)`` skip validation.
+    """
+    if not isinstance(value, StudentSession):
+        raise InvalidSessionError(
+            f"expected StudentSession, got {type(value).__name__}", fields=("<root>",)
+        )
+    try:
+        checked = StudentSession.model_validate(value.model_dump())
+    except ValidationError as exc:
+        raise _to_invalid(exc) from exc
+    size = encoded_size(checked)
+    if size > MAX_ENCODED_SIZE:
+        raise SessionTooLargeError(size, MAX_ENCODED_SIZE)
+    return checked
+
+
+def validate_session_id(value: object) -> uuid.UUID:
+    """Accept a UUID or its canonical string; anything else raises InvalidSessionError."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise InvalidSessionError("session id must be a UUID", fields=("session_id",))
+
+
+def encoded_size(session: StudentSession) -> int:
+    """Upper bound of the session's encoded size in either store, in bytes.
+
+    Counts every string as UTF-8 and every attachment's bytes, plus a fixed allowance per
+    element that is above what BSON or CQL spends on framing.
+    """
+    size = 256
+    for text in (session.student_id, session.assessment_id):
+        size += len(text.encode()) + _ELEMENT_OVERHEAD
+    for key, val in session.metadata.items():
+        size += len(key.encode()) + len(val.encode()) + _ELEMENT_OVERHEAD
+    for answer in session.answers:
+        size += len(answer.question_id.encode()) + len(answer.response.encode())
+        size += 3 * _ELEMENT_OVERHEAD
+        for att in answer.attachments:
+            size += len(att.data) + len(att.content_type.encode()) + 3 * _ELEMENT_OVERHEAD
+            if att.filename:
+                size += len(att.filename.encode())
+    return size

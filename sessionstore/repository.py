@@ -1,0 +1,304 @@
+"""``SessionRepository``: the facade the session service calls.
+
+Example::
+
+    repo = SessionRepository(
+        cassandra=InMemoryBackend(name="cassandra"),
+        documentdb=InMemoryBackend(name="documentdb"),
+        phases=StaticPhaseSource(Phase.DUAL_WRITE),
+        repairs=SqliteRepairQueue("repairs.db"),
+    )
+    async with repo:
+        saved = await repo.save(StudentSession.create(student_id="s", assessment_id="a"))
+        assert (await repo.get(saved.session_id)) == saved
+        await repo.delete(saved.session_id)
+
+Per call the phase is evaluated once (see :data:`~sessionstore.phases.PHASE_PLANS`):
+writes go to the authoritative store, then the secondary; an authoritative failure
+raises and the secondary is not attempted; a secondary failure is counted, the session
+is queued for repair, and the call succeeds. Reads return the authoritative answer; in
+compare phases the other store is read at the same time and compared in the
+background, off the caller's latency path, and a differing pair is queued for repair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self, TypeVar
+
+from opentelemetry.metrics import MeterProvider
+
+from sessionstore._clock import HybridClock
+from sessionstore._errors import ConfigurationError, RepositoryClosedError, SessionStoreError
+from sessionstore._telemetry import Telemetry
+from sessionstore.backends.base import SessionBackend, StoredRecord
+from sessionstore.divergence import compare_records
+from sessionstore.model import StudentSession, ensure_session, validate_session_id
+from sessionstore.phases import (
+    PHASE_PLANS,
+    Operation,
+    Phase,
+    PhaseDecision,
+    PhasePlan,
+    PhaseSource,
+    Store,
+)
+from sessionstore.repair.queue import RepairQueue
+
+__all__ = ["RepositoryState", "SessionRepository"]
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+class RepositoryState(enum.Enum):
+    """Lifecycle of a repository: calls are allowed only while OPEN."""
+
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class SessionRepository:
+    """Reads and writes sessions in whichever stores the migration phase says.
+
+    Args:
+        cassandra: the Cassandra backend (LaunchDarkly's *old* origin).
+        documentdb: the DocumentDB backend (the *new* origin).
+        phases: decides the phase per call (LaunchDarkly flag or static).
+        repairs: where sessions whose stores may differ are queued.
+        meter_provider: OpenTelemetry meter provider; the global one if None.
+        compare_sample_ratio: share of reads in compare phases that read both stores.
+        shadow_timeout: seconds the background comparison waits for the other store.
+    """
+
+    def __init__(
+        self,
+        *,
+        cassandra: SessionBackend,
+        documentdb: SessionBackend,
+        phases: PhaseSource,
+        repairs: RepairQueue,
+        meter_provider: MeterProvider | None = None,
+        compare_sample_ratio: float = 1.0,
+        shadow_timeout: float = 2.0,
+        clock: HybridClock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0.0 <= compare_sample_ratio <= 1.0:
+            raise ConfigurationError("compare_sample_ratio must be between 0 and 1")
+        if shadow_timeout <= 0:
+            raise ConfigurationError("shadow_timeout must be positive")
+        self._backends = {Store.CASSANDRA: cassandra, Store.DOCUMENTDB: documentdb}
+        self._phases = phases
+        self._repairs = repairs
+        self._telemetry = Telemetry(meter_provider)
+        self._telemetry.watch_queue_depth(repairs.cached_depth)
+        bind = getattr(phases, "bind_telemetry", None)
+        if callable(bind):
+            bind(self._telemetry)
+        self._ratio = compare_sample_ratio
+        self._shadow_timeout = shadow_timeout
+        self._clock = clock or HybridClock()
+        self._rng = rng or random.Random()  # noqa: S311 - sampling, not security
+        self._background: set[asyncio.Task[None]] = set()
+        self.state = RepositoryState.UNOPENED
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self.state is not RepositoryState.UNOPENED:
+            raise RepositoryClosedError(f"repository cannot be opened when {self.state.value}")
+        for backend in self._backends.values():
+            await backend.__aenter__()
+        await self._repairs.__aenter__()
+        self.state = RepositoryState.OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Finish background comparisons, then close both stores and the queue."""
+        if self.state is RepositoryState.CLOSED:
+            return
+        if self.state is RepositoryState.OPEN:
+            await self.wait_for_comparisons()
+        self.state = RepositoryState.CLOSED
+        for backend in self._backends.values():
+            await backend.aclose()
+        await self._repairs.aclose()
+
+    def _check_open(self) -> None:
+        if self.state is not RepositoryState.OPEN:
+            raise RepositoryClosedError(
+                f"repository is {self.state.value}; use 'async with SessionRepository(...)'"
+            )
+
+    async def wait_for_comparisons(self) -> None:
+        """Wait until every background comparison started so far has finished."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    # -- public operations -----------------------------------------------------------
+
+    async def get(self, session_id: uuid.UUID | str) -> StudentSession | None:
+        """The session, or None if it was never saved or is deleted."""
+        self._check_open()
+        sid = validate_session_id(session_id)
+        decision, plan = self._decide(sid, Operation.READ)
+        phase = decision.phase
+        shadow: asyncio.Task[StoredRecord | None] | None = None
+        if plan.compare and (self._ratio >= 1.0 or self._rng.random() < self._ratio):
+            other = plan.read.other
+            decision.record_invoked(other)
+            shadow = asyncio.create_task(
+                self._timed(other, "get", self._backends[other].get(sid), decision, phase)
+            )
+        decision.record_invoked(plan.read)
+        try:
+            record = await self._timed(
+                plan.read, "get", self._backends[plan.read].get(sid), decision, phase
+            )
+        except BaseException:
+            if shadow is not None:
+                shadow.cancel()
+            decision.finish()
+            raise
+        if record is not None:
+            self._clock.observe(record.revision)
+        if shadow is None:
+            decision.finish()
+        else:
+            self._spawn(self._compare(sid, record, shadow, decision, phase))
+        return None if record is None else record.session
+
+    async def save(self, session: StudentSession) -> StudentSession:
+        """Save ``session``; returns it with its new revision.
+
+        Raises InvalidSessionError (including SessionTooLargeError) before any store is
+        touched, and a BackendError if the authoritative store fails.
+        """
+        self._check_open()
+        checked = ensure_session(session)
+        decision, plan = self._decide(checked.session_id, Operation.WRITE)
+        stored = checked.model_copy(update={"revision": self._clock.next(after=checked.revision)})
+        await self._write(plan, decision, "save", stored.session_id, lambda b: b.save(stored))
+        return stored
+
+    async def delete(self, session_id: uuid.UUID | str, *, revision: int = 0) -> int:
+        """Delete the session (a tombstone in each store); returns the tombstone's revision.
+
+        Pass the ``revision`` of the copy you read to guarantee the delete outranks it
+        even if another writer's clock runs ahead of this process's.
+        """
+        self._check_open()
+        sid = validate_session_id(session_id)
+        if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
+            raise ConfigurationError("revision must be a non-negative int")
+        decision, plan = self._decide(sid, Operation.WRITE)
+        tombstone = self._clock.next(after=revision)
+        await self._write(plan, decision, "delete", sid, lambda b: b.delete(sid, tombstone))
+        return tombstone
+
+    def phase_of(self, session_id: uuid.UUID | str, operation: Operation) -> Phase:
+        """The phase a call for this session would run in now (for diagnostics)."""
+        return self._phases.decide(validate_session_id(session_id), operation).phase
+
+    # -- internals -------------------------------------------------------------------
+
+    def _decide(self, sid: uuid.UUID, operation: Operation) -> tuple[PhaseDecision, PhasePlan]:
+        start = time.perf_counter()
+        decision = self._phases.decide(sid, operation)
+        self._telemetry.phase_evaluation(time.perf_counter() - start)
+        return decision, PHASE_PLANS[decision.phase]
+
+    async def _timed(
+        self, store: Store, op: str, call: Awaitable[_T], decision: PhaseDecision, phase: Phase
+    ) -> _T:
+        start = time.perf_counter()
+        error: str | None = None
+        try:
+            return await call
+        except BaseException as exc:
+            error = type(exc).__name__
+            decision.record_error(store)
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            decision.record_latency(store, elapsed)
+            self._telemetry.operation(store.value, op, elapsed, phase.value, error)
+
+    async def _write(
+        self,
+        plan: PhasePlan,
+        decision: PhaseDecision,
+        op: str,
+        sid: uuid.UUID,
+        call: Callable[[SessionBackend], Awaitable[None]],
+    ) -> None:
+        phase = decision.phase
+        try:
+            auth = plan.authoritative
+            decision.record_invoked(auth)
+            await self._timed(auth, op, call(self._backends[auth]), decision, phase)
+            secondary = plan.secondary
+            if secondary is None:
+                return
+            decision.record_invoked(secondary)
+            try:
+                await self._timed(secondary, op, call(self._backends[secondary]), decision, phase)
+            except Exception as exc:  # noqa: BLE001 - the secondary never fails the call
+                self._telemetry.secondary_failure(secondary.value, op, type(exc).__name__)
+                await self._enqueue(sid, "secondary_write_failed")
+        finally:
+            decision.finish()
+
+    async def _enqueue(self, sid: uuid.UUID, reason: str) -> None:
+        try:
+            await self._repairs.enqueue(sid, reason)
+        except SessionStoreError as exc:
+            # The write itself succeeded; verify will still find this difference.
+            self._telemetry.repair_enqueue_failed(type(exc).__name__)
+            log.error("could not queue a repair: %s", type(exc).__name__)
+            return
+        self._telemetry.repair_enqueued(reason)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _compare(
+        self,
+        sid: uuid.UUID,
+        primary: StoredRecord | None,
+        shadow: asyncio.Task[StoredRecord | None],
+        decision: PhaseDecision,
+        phase: Phase,
+    ) -> None:
+        try:
+            try:
+                other = await asyncio.wait_for(shadow, self._shadow_timeout)
+            except Exception as exc:  # noqa: BLE001 - a failed shadow read is only counted
+                self._telemetry.comparison(phase.value, f"shadow_error:{type(exc).__name__}")
+                return
+            divergence = compare_records(primary, other)
+            self._telemetry.comparison(phase.value, divergence.kind.value, divergence.fields)
+            decision.record_consistent(divergence.consistent)
+            if divergence.needs_repair:
+                await self._enqueue(sid, f"read_{divergence.kind.value}")
+        finally:
+            decision.finish()

@@ -1,0 +1,210 @@
+"""Fakes for users' own unit tests: in-memory stores, fault injection, LaunchDarkly TestData.
+
+Example::
+
+    from sessionstore.testing import FaultInjectingBackend, memory_repository
+
+    repo, stores = memory_repository(Phase.DUAL_WRITE)
+    stores.documentdb.fail_next(1, operation="save")     # the secondary write fails once
+    async with repo:
+        saved = await repo.save(session)                  # still succeeds
+    assert stores.cassandra.inner.records()[saved.session_id].revision == saved.revision
+
+Everything here is a real implementation of the library's protocols, checked by the same
+contract suite as the production backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from sessionstore._errors import BackendError, BackendUnavailableError
+from sessionstore.backends.base import KeyRange, LifecycleMixin, ScanPage, StoredRecord
+from sessionstore.backends.memory import InMemoryBackend
+from sessionstore.model import StudentSession
+from sessionstore.phases import Phase, PhaseSource, StaticPhaseSource
+from sessionstore.repair.queue import InMemoryRepairQueue, RepairQueue
+from sessionstore.repository import SessionRepository
+
+if TYPE_CHECKING:
+    from ldclient.client import LDClient
+    from ldclient.integrations.test_data import TestData
+
+__all__ = [
+    "Call",
+    "FaultInjectingBackend",
+    "MemoryStores",
+    "launchdarkly_test_client",
+    "memory_repository",
+    "set_launchdarkly_phase",
+]
+
+OPERATIONS = ("get", "save", "delete", "scan")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Call:
+    """One call that reached a store (failed ones included)."""
+
+    store: str
+    operation: str
+    session_id: uuid.UUID | None
+
+
+@dataclasses.dataclass(slots=True)
+class _Fault:
+    remaining: int | None  # None = until healed
+    operation: str | None
+    error: type[BackendError]
+
+
+class FaultInjectingBackend(LifecycleMixin):
+    """Wraps a backend to fail calls, slow them down, and record them in order.
+
+    Several wrappers may share one ``calls`` list to assert the order of writes across
+    stores.
+    """
+
+    def __init__(self, inner: Any, *, calls: list[Call] | None = None) -> None:
+        self.inner = inner
+        self.calls: list[Call] = calls if calls is not None else []
+        self._faults: list[_Fault] = []
+        self._latency: dict[str | None, float] = {}
+        self._lifecycle_name = f"backend {inner.name!r}"
+
+    @property
+    def name(self) -> str:
+        """The wrapped backend's name."""
+        return str(self.inner.name)
+
+    @property
+    def key_space(self) -> KeyRange:
+        """The wrapped backend's key space."""
+        result: KeyRange = self.inner.key_space
+        return result
+
+    def fail_next(
+        self, count: int = 1, *, operation: str | None = None,
+        error: type[BackendError] = BackendUnavailableError,
+    ) -> None:
+        """Make the next ``count`` calls (of ``operation``, or any) raise ``error``."""
+        self._faults.append(_Fault(count, _check_op(operation), error))
+
+    def go_down(
+        self, *, operation: str | None = None,
+        error: type[BackendError] = BackendUnavailableError,
+    ) -> None:
+        """Fail every call (of ``operation``, or any) until :meth:`heal`."""
+        self._faults.append(_Fault(None, _check_op(operation), error))
+
+    def add_latency(self, seconds: float, *, operation: str | None = None) -> None:
+        """Delay each call (of ``operation``, or any) by ``seconds`` before it runs."""
+        self._latency[_check_op(operation)] = seconds
+
+    def heal(self) -> None:
+        """Remove every fault and added latency."""
+        self._faults.clear()
+        self._latency.clear()
+
+    async def _open(self) -> None:
+        await self.inner.__aenter__()
+
+    async def _close(self) -> None:
+        await self.inner.aclose()
+
+    async def _enter(self, operation: str, sid: uuid.UUID | None) -> None:
+        await self._ensure_open()
+        self.calls.append(Call(self.name, operation, sid))
+        delay = self._latency.get(operation, self._latency.get(None, 0.0))
+        if delay:
+            await asyncio.sleep(delay)
+        for fault in self._faults:
+            if fault.operation in (None, operation) and fault.remaining != 0:
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                raise fault.error(f"injected fault on {operation}", store=self.name)
+
+    async def get(self, session_id: uuid.UUID) -> StoredRecord | None:
+        """Forwarded, after any injected fault or latency."""
+        await self._enter("get", session_id)
+        result: StoredRecord | None = await self.inner.get(session_id)
+        return result
+
+    async def save(self, session: StudentSession) -> None:
+        """Forwarded, after any injected fault or latency."""
+        await self._enter("save", session.session_id)
+        await self.inner.save(session)
+
+    async def delete(self, session_id: uuid.UUID, revision: int) -> None:
+        """Forwarded, after any injected fault or latency."""
+        await self._enter("delete", session_id)
+        await self.inner.delete(session_id, revision)
+
+    async def scan(
+        self, key_range: KeyRange, *, cursor: str | None = None, limit: int = 500
+    ) -> ScanPage:
+        """Forwarded, after any injected fault or latency."""
+        await self._enter("scan", None)
+        page: ScanPage = await self.inner.scan(key_range, cursor=cursor, limit=limit)
+        return page
+
+
+def _check_op(operation: str | None) -> str | None:
+    if operation is not None and operation not in OPERATIONS:
+        raise ValueError(f"operation must be one of {OPERATIONS}")
+    return operation
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryStores:
+    """The fakes behind a repository built by :func:`memory_repository`."""
+
+    cassandra: FaultInjectingBackend
+    documentdb: FaultInjectingBackend
+    repairs: RepairQueue
+    calls: list[Call]
+
+
+def memory_repository(
+    phases: PhaseSource | Phase = Phase.CASSANDRA_ONLY,
+    *,
+    repairs: RepairQueue | None = None,
+    **options: Any,
+) -> tuple[SessionRepository, MemoryStores]:
+    """A repository over two fault-injecting in-memory stores sharing one call log."""
+    source = StaticPhaseSource(phases) if isinstance(phases, Phase) else phases
+    calls: list[Call] = []
+    cassandra = FaultInjectingBackend(InMemoryBackend(name="cassandra"), calls=calls)
+    documentdb = FaultInjectingBackend(InMemoryBackend(name="documentdb"), calls=calls)
+    queue = repairs if repairs is not None else InMemoryRepairQueue()
+    repo = SessionRepository(
+        cassandra=cassandra, documentdb=documentdb, phases=source, repairs=queue, **options
+    )
+    return repo, MemoryStores(cassandra, documentdb, queue, calls)
+
+
+def launchdarkly_test_client(
+    flag_key: str = "session-store-migration", phase: Phase = Phase.CASSANDRA_ONLY
+) -> tuple[LDClient, TestData]:
+    """A real LaunchDarkly client fed by the SDK's TestData source, events disabled."""
+    from ldclient.client import LDClient
+    from ldclient.config import Config
+    from ldclient.integrations.test_data import TestData
+
+    td = TestData.data_source()
+    set_launchdarkly_phase(td, phase, flag_key=flag_key)
+    client = LDClient(Config("test-sdk-key", update_processor_class=td, send_events=False))
+    return client, td
+
+
+def set_launchdarkly_phase(
+    td: TestData, phase: Phase, *, flag_key: str = "session-store-migration"
+) -> None:
+    """Serve ``phase`` to every session from the TestData migration flag."""
+    stages = [p.value for p in Phase]
+    td.update(
+        td.flag(flag_key).variations(*stages).variation_for_all(stages.index(Phase(phase).value))
+    )

@@ -1,0 +1,140 @@
+"""Repository behaviour beyond the phase table: lifecycle, revisions, shadow reads."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import pytest
+
+from sessionstore import (
+    ConfigurationError,
+    InMemoryBackend,
+    InMemoryRepairQueue,
+    Phase,
+    RepositoryClosedError,
+    SessionRepository,
+    StaticPhaseSource,
+    StoredRecord,
+)
+from sessionstore.testing import memory_repository
+from tests.helpers import make_session
+
+
+class GatedBackend(InMemoryBackend):
+    """get() waits until the test opens the gate."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name)
+        self.gate = asyncio.Event()
+        self.reads = 0
+
+    async def get(self, session_id: uuid.UUID) -> StoredRecord | None:
+        await self.gate.wait()
+        self.reads += 1
+        return await super().get(session_id)
+
+
+async def test_shadow_read_is_off_the_callers_path() -> None:
+    docdb = GatedBackend("documentdb")
+    repo = SessionRepository(
+        cassandra=InMemoryBackend(name="cassandra"), documentdb=docdb,
+        phases=StaticPhaseSource(Phase.SHADOW), repairs=InMemoryRepairQueue(),
+    )
+    async with repo:
+        saved = await repo.save(make_session())
+        # The shadow store cannot answer until the gate opens, yet the read returns.
+        assert await asyncio.wait_for(repo.get(saved.session_id), timeout=30) == saved
+        assert docdb.reads == 0
+        docdb.gate.set()
+        await repo.wait_for_comparisons()
+        assert docdb.reads == 1
+
+
+async def test_a_hung_shadow_store_is_abandoned_after_the_timeout() -> None:
+    docdb = GatedBackend("documentdb")
+    queue = InMemoryRepairQueue()
+    repo = SessionRepository(
+        cassandra=InMemoryBackend(name="cassandra"), documentdb=docdb,
+        phases=StaticPhaseSource(Phase.SHADOW), repairs=queue, shadow_timeout=0.05,
+    )
+    async with repo:
+        saved = await repo.save(make_session())
+        assert await repo.get(saved.session_id) == saved
+        await repo.wait_for_comparisons()
+        assert docdb.reads == 0 and await queue.depth() == 0
+
+
+@pytest.mark.parametrize(("ratio", "expected"), [(0.0, 0), (1.0, 20)])
+async def test_compare_sample_ratio(ratio: float, expected: int) -> None:
+    repo, stores = memory_repository(Phase.SHADOW, compare_sample_ratio=ratio)
+    async with repo:
+        saved = await repo.save(make_session())
+        stores.calls.clear()
+        for _ in range(20):
+            await repo.get(saved.session_id)
+        await repo.wait_for_comparisons()
+    assert sum(1 for c in stores.calls if c.store == "documentdb") == expected
+
+
+async def test_partial_sampling_is_seeded() -> None:
+    repo, stores = memory_repository(
+        Phase.SHADOW, compare_sample_ratio=0.5, rng=random.Random(3)
+    )
+    async with repo:
+        saved = await repo.save(make_session())
+        stores.calls.clear()
+        for _ in range(200):
+            await repo.get(saved.session_id)
+        await repo.wait_for_comparisons()
+    shadowed = sum(1 for c in stores.calls if c.store == "documentdb")
+    assert 60 < shadowed < 140
+
+
+@pytest.mark.parametrize("kwargs", [{"compare_sample_ratio": 1.5}, {"shadow_timeout": 0}])
+def test_bad_options_are_rejected(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError):
+        memory_repository(Phase.SHADOW, **kwargs)
+
+
+async def test_revisions_increase_and_outrank_the_replaced_revision() -> None:
+    repo, stores = memory_repository(Phase.DUAL_WRITE)
+    async with repo:
+        s = make_session()
+        first = await repo.save(s)
+        second = await repo.save(first)
+        assert second.revision > first.revision > 0
+        # A copy written by a writer whose clock runs far ahead.
+        ahead = first.model_copy(update={"revision": second.revision + 10**12})
+        await stores.cassandra.inner.save(ahead)
+        await stores.documentdb.inner.save(ahead)
+        read = await repo.get(s.session_id)
+        assert read == ahead
+        third = await repo.save(read)
+        assert third.revision > ahead.revision
+        assert await repo.get(s.session_id) == third
+        tomb = await repo.delete(s.session_id, revision=third.revision)
+        assert tomb > third.revision
+        assert await repo.get(s.session_id) is None
+
+
+async def test_lifecycle_is_guarded() -> None:
+    repo, _ = memory_repository()
+    with pytest.raises(RepositoryClosedError):
+        await repo.get(uuid.uuid4())
+    async with repo:
+        pass
+    with pytest.raises(RepositoryClosedError):
+        await repo.save(make_session())
+    with pytest.raises(RepositoryClosedError):
+        await repo.__aenter__()
+    await repo.aclose()  # idempotent
+
+
+async def test_closing_closes_the_stores() -> None:
+    repo, stores = memory_repository()
+    async with repo:
+        pass
+    with pytest.raises(RepositoryClosedError):
+        await stores.cassandra.inner.get(uuid.uuid4())
