@@ -40,6 +40,8 @@ from sessionstore.repair import (
 from sessionstore.repository import RepositoryState, SessionRepository
 
 __all__ = [
+    "MAX_ENCODED_SIZE",
+    "PHASE_PLANS",
     "Answer",
     "Attachment",
     "BackendError",
@@ -54,9 +56,7 @@ __all__ = [
     "InvalidSessionError",
     "KeyRange",
     "LaunchDarklyPhaseSource",
-    "MAX_ENCODED_SIZE",
     "Operation",
-    "PHASE_PLANS",
     "Phase",
     "PhasePlan",
     "PhaseSource",

@@ -23,14 +23,29 @@ name                                       kind       attributes
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-__all__ = ["Telemetry"]
+__all__ = ["RepositoryStats", "Telemetry"]
 
 _DB_SYSTEM = {"cassandra": "cassandra", "documentdb": "mongodb"}
+
+
+@dataclasses.dataclass
+class RepositoryStats:
+    """Plain counters kept beside the metrics, for summaries and tests (no values)."""
+
+    operations: int = 0
+    operation_errors: int = 0
+    comparisons: int = 0
+    divergences: int = 0
+    secondary_failures: int = 0
+    repairs_enqueued: int = 0
+    repairs_completed: int = 0
+    phase_fallbacks: int = 0
 
 
 class Telemetry:
@@ -73,6 +88,7 @@ class Telemetry:
             "sessionstore.phase.fallbacks",
             description="Phase evaluations that fell back to the default phase",
         )
+        self.stats = RepositoryStats()
         self._depth_sources: list[Callable[[], int]] = []
         meter.create_observable_gauge(
             "sessionstore.repair.queue.depth",
@@ -97,8 +113,10 @@ class Telemetry:
             "sessionstore.store": store,
             "sessionstore.phase": phase,
         }
+        self.stats.operations += 1
         if error is not None:
             attrs["error.type"] = error
+            self.stats.operation_errors += 1
         self._duration.record(seconds, attrs)
 
     def phase_evaluation(self, seconds: float) -> None:
@@ -107,18 +125,22 @@ class Telemetry:
 
     def comparison(self, phase: str, outcome: str, fields: Iterable[str] = ()) -> None:
         """Count one comparison and each differing field name."""
+        self.stats.comparisons += 1
+        self.stats.divergences += outcome != "consistent"
         self._comparisons.add(1, {"sessionstore.phase": phase, "sessionstore.outcome": outcome})
         for field in fields:
             self._fields.add(1, {"sessionstore.phase": phase, "sessionstore.field": field})
 
     def secondary_failure(self, store: str, operation: str, error: str) -> None:
         """Count a failed secondary write (the call itself succeeded)."""
+        self.stats.secondary_failures += 1
         self._secondary.add(
             1, {"sessionstore.store": store, "db.operation.name": operation, "error.type": error}
         )
 
     def repair_enqueued(self, reason: str) -> None:
         """Count a session queued for repair."""
+        self.stats.repairs_enqueued += 1
         self._enqueued.add(1, {"sessionstore.reason": reason})
 
     def repair_enqueue_failed(self, error: str) -> None:
@@ -127,8 +149,10 @@ class Telemetry:
 
     def repair_completed(self, outcome: str) -> None:
         """Count a finished repair: ``copied``, ``in_sync`` or ``failed``."""
+        self.stats.repairs_completed += 1
         self._completed.add(1, {"sessionstore.outcome": outcome})
 
     def phase_fallback(self, reason: str) -> None:
         """Count a phase evaluation that used the default phase."""
+        self.stats.phase_fallbacks += 1
         self._fallbacks.add(1, {"sessionstore.reason": reason})

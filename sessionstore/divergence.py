@@ -81,7 +81,5 @@ def _diff(a: StoredRecord, b: StoredRecord) -> tuple[str, ...]:
         return ("deleted",) if a.deleted != b.deleted else (() if same_revision else ("revision",))
     left, right = a.session, b.session
     return tuple(
-        name
-        for name in type(left).model_fields
-        if getattr(left, name) != getattr(right, name)
+        name for name in type(left).model_fields if getattr(left, name) != getattr(right, name)
     )

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from ldclient import Context
 from ldclient.evaluation import EvaluationDetail
 from ldclient.hook import EvaluationSeriesContext, Hook, Metadata
-from ldclient.migrations import OpTracker, Origin, Stage
 from ldclient.migrations import Operation as LDOperation
+from ldclient.migrations import OpTracker, Origin, Stage
 
 from sessionstore._errors import ConfigurationError
 from sessionstore._telemetry import Telemetry
@@ -40,7 +40,7 @@ _ORIGIN = {Store.CASSANDRA: Origin.OLD, Store.DOCUMENTDB: Origin.NEW}
 _LD_OP = {Operation.READ: LDOperation.READ, Operation.WRITE: LDOperation.WRITE}
 
 
-class _DetailHook(Hook):  # type: ignore[misc]
+class _DetailHook(Hook):
     """Keeps the evaluation detail of our flag, which migration_variation does not return.
 
     Evaluation is synchronous on the calling thread, so a thread-local is exact.
@@ -60,7 +60,10 @@ class _DetailHook(Hook):  # type: ignore[misc]
         return data
 
     def after_evaluation(
-        self, series_context: EvaluationSeriesContext, data: dict[str, Any], detail: EvaluationDetail
+        self,
+        series_context: EvaluationSeriesContext,
+        data: dict[str, Any],
+        detail: EvaluationDetail,
     ) -> dict[str, Any]:
         if series_context.key == self._flag_key:
             self.local.detail = detail

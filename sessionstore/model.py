@@ -68,7 +68,9 @@ def _portable_key(key: str) -> str:
 
 
 UtcMillis = Annotated[dt.datetime, AfterValidator(_utc_millis)]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_portable_text)]
+Text = Annotated[
+    str, StringConstraints(min_length=1, max_length=256), AfterValidator(_portable_text)
+]
 LongText = Annotated[str, StringConstraints(max_length=1_000_000), AfterValidator(_portable_text)]
 
 

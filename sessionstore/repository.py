@@ -37,7 +37,7 @@ from opentelemetry.metrics import MeterProvider
 
 from sessionstore._clock import HybridClock
 from sessionstore._errors import ConfigurationError, RepositoryClosedError, SessionStoreError
-from sessionstore._telemetry import Telemetry
+from sessionstore._telemetry import RepositoryStats, Telemetry
 from sessionstore.backends.base import SessionBackend, StoredRecord
 from sessionstore.divergence import compare_records
 from sessionstore.model import StudentSession, ensure_session, validate_session_id
@@ -107,7 +107,7 @@ class SessionRepository:
         self._ratio = compare_sample_ratio
         self._shadow_timeout = shadow_timeout
         self._clock = clock or HybridClock()
-        self._rng = rng or random.Random()  # noqa: S311 - sampling, not security
+        self._rng = rng or random.Random()
         self._background: set[asyncio.Task[None]] = set()
         self.state = RepositoryState.UNOPENED
 
@@ -212,6 +212,16 @@ class SessionRepository:
         tombstone = self._clock.next(after=revision)
         await self._write(plan, decision, "delete", sid, lambda b: b.delete(sid, tombstone))
         return tombstone
+
+    @property
+    def stats(self) -> RepositoryStats:
+        """Running counts of operations, comparisons, divergences and repairs."""
+        return self._telemetry.stats
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """The repository's instruments (share them with a RepairWorker)."""
+        return self._telemetry
 
     def phase_of(self, session_id: uuid.UUID | str, operation: Operation) -> Phase:
         """The phase a call for this session would run in now (for diagnostics)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,13 @@ class _Fault:
     remaining: int | None  # None = until healed
     operation: str | None
     error: type[BackendError]
+    rate: float = 1.0
+    rng: random.Random | None = None
+
+    def fires(self, operation: str) -> bool:
+        if self.operation not in (None, operation) or self.remaining == 0:
+            return False
+        return self.rng is None or self.rng.random() < self.rate
 
 
 class FaultInjectingBackend(LifecycleMixin):
@@ -73,6 +81,8 @@ class FaultInjectingBackend(LifecycleMixin):
         self.calls: list[Call] = calls if calls is not None else []
         self._faults: list[_Fault] = []
         self._latency: dict[str | None, float] = {}
+        #: How many calls an injected fault has failed so far.
+        self.injected = 0
         self._lifecycle_name = f"backend {inner.name!r}"
 
     @property
@@ -87,18 +97,36 @@ class FaultInjectingBackend(LifecycleMixin):
         return result
 
     def fail_next(
-        self, count: int = 1, *, operation: str | None = None,
+        self,
+        count: int = 1,
+        *,
+        operation: str | None = None,
         error: type[BackendError] = BackendUnavailableError,
     ) -> None:
         """Make the next ``count`` calls (of ``operation``, or any) raise ``error``."""
         self._faults.append(_Fault(count, _check_op(operation), error))
 
     def go_down(
-        self, *, operation: str | None = None,
+        self,
+        *,
+        operation: str | None = None,
         error: type[BackendError] = BackendUnavailableError,
     ) -> None:
         """Fail every call (of ``operation``, or any) until :meth:`heal`."""
         self._faults.append(_Fault(None, _check_op(operation), error))
+
+    def fail_randomly(
+        self,
+        rate: float,
+        *,
+        operation: str | None = None,
+        seed: int | None = None,
+        error: type[BackendError] = BackendUnavailableError,
+    ) -> None:
+        """Fail each call (of ``operation``, or any) with probability ``rate`` until healed."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("rate must be between 0 and 1")
+        self._faults.append(_Fault(None, _check_op(operation), error, rate, random.Random(seed)))
 
     def add_latency(self, seconds: float, *, operation: str | None = None) -> None:
         """Delay each call (of ``operation``, or any) by ``seconds`` before it runs."""
@@ -122,9 +150,10 @@ class FaultInjectingBackend(LifecycleMixin):
         if delay:
             await asyncio.sleep(delay)
         for fault in self._faults:
-            if fault.operation in (None, operation) and fault.remaining != 0:
+            if fault.fires(operation):
                 if fault.remaining is not None:
                     fault.remaining -= 1
+                self.injected += 1
                 raise fault.error(f"injected fault on {operation}", store=self.name)
 
     async def get(self, session_id: uuid.UUID) -> StoredRecord | None:

@@ -11,13 +11,16 @@ from sessionstore import Answer, Attachment, StudentSession
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
 
 
-def make_session(*, revision: int = 0, attachment_bytes: int = 0, **fields: object) -> StudentSession:
+def make_session(
+    *, revision: int = 0, attachment_bytes: int = 0, **fields: object
+) -> StudentSession:
     """A realistic session; ``attachment_bytes`` adds an image-like attachment of that size."""
     attachments: tuple[Attachment, ...] = ()
     if attachment_bytes:
         attachments = (
-            Attachment(content_type="image/png", filename="drawing.png",
-                       data=os.urandom(attachment_bytes)),
+            Attachment(
+                content_type="image/png", filename="drawing.png", data=os.urandom(attachment_bytes)
+            ),
         )
     values: dict[str, object] = {
         "session_id": uuid.uuid4(),

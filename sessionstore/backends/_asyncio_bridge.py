@@ -5,7 +5,7 @@ callbacks on that thread. :func:`execute` registers those callbacks and hands th
 to the asyncio loop with ``loop.call_soon_threadsafe``, so the loop never blocks and no
 worker thread is spent waiting. Example::
 
-    rows = (await execute(session, prepared.bind((key,)), timeout=10.0)).current_rows
+    rows = (await execute(session, prepared.bind((key,)), request_timeout=10.0)).current_rows
 
 Private to the Cassandra backend: callers use :class:`~sessionstore.backends.cassandra.
 CassandraBackend`, which maps driver exceptions to the library's own.
@@ -14,6 +14,7 @@ CassandraBackend`, which maps driver exceptions to the library's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from cassandra.cluster import ResultSet
@@ -33,26 +34,32 @@ def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | Non
         future.set_result(value)
 
 
-def _post(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any,
-          error: BaseException | None) -> None:
+def _post(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    value: Any,
+    error: BaseException | None,
+) -> None:
     # Runs on the driver's I/O thread (or inline in add_callbacks when the response is
     # already there). Exceptions raised here would be swallowed by the driver, so the one
     # expected failure -- the loop was closed before the response arrived -- is ignored
     # on purpose: nobody is waiting any more.
-    try:
+    with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(_resolve, future, value, error)
-    except RuntimeError:
-        pass
 
 
 async def execute(
     session: Any,
     statement: Any,
+    parameters: Any = None,
     *,
-    timeout: float,
+    request_timeout: float,
     paging_state: bytes | None = None,
 ) -> Any:
     """Run ``statement`` with ``session.execute_async`` and await its first page.
+
+    ``parameters`` are for a non-prepared statement; the backend binds its prepared
+    statements itself and passes None.
 
     Returns a :class:`cassandra.cluster.ResultSet`; read ``current_rows`` and
     ``paging_state`` only -- iterating past the first page would fetch the next page
@@ -63,7 +70,9 @@ async def execute(
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
-    response_future = session.execute_async(statement, timeout=timeout, paging_state=paging_state)
+    response_future = session.execute_async(
+        statement, parameters, timeout=request_timeout, paging_state=paging_state
+    )
 
     def on_rows(rows: Any) -> None:
         # ResultSet only wraps the first page already received; building it is cheap.

@@ -93,13 +93,18 @@ def to_doc(session: StudentSession) -> dict[str, Any]:
     >>> to_doc(StudentSession.create(student_id="s", assessment_id="a"))["deleted"]
     False
     """
+    try:
+        # model_copy(update=...) skips validation and can leave a plain str here.
+        status = SessionStatus(session.status).value
+    except ValueError:
+        raise InvalidSessionError("unknown session status", fields=("status",)) from None
     return {
         "_id": uuid_to_bson(session.session_id),
         "revision": Int64(session.revision),
         "deleted": False,
         "student_id": session.student_id,
         "assessment_id": session.assessment_id,
-        "status": session.status.value,
+        "status": status,
         "started_at": session.started_at,
         "updated_at": session.updated_at,
         "answers": [_answer_doc(a) for a in session.answers],

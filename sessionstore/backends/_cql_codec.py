@@ -105,9 +105,7 @@ def _check_utf8(text: str, field: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidSessionError(
-            "text must be encodable as UTF-8", fields=(field,)
-        ) from None
+        raise InvalidSessionError("text must be encodable as UTF-8", fields=(field,)) from None
 
 
 def _encode_answers(answers: Sequence[Answer]) -> tuple[str, list[bytes]]:
@@ -258,7 +256,7 @@ def from_row(row: Any) -> StudentSession:
     if not isinstance(session_id, uuid.UUID):
         raise RowDecodeError(("session_id",))
     try:
-        status = SessionStatus(values.get("status"))
+        status = SessionStatus(str(values.get("status")))
     except ValueError:
         raise RowDecodeError(("status",)) from None
     started_at = _timestamp(values.get("started_at"), "started_at")

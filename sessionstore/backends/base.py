@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import uuid
 from collections.abc import Iterator
 from types import TracebackType
@@ -29,10 +30,10 @@ __all__ = [
     "UUID_KEY_SPACE",
     "BackendState",
     "KeyRange",
+    "LifecycleMixin",
     "ScanPage",
     "SessionBackend",
     "StoredRecord",
-    "LifecycleMixin",
 ]
 
 
@@ -83,7 +84,7 @@ class KeyRange:
         width = self.end - self.start
         parts = min(parts, width)
         bounds = [self.start + (width * i) // parts for i in range(parts)] + [self.end]
-        return [KeyRange(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+        return [KeyRange(a, b) for a, b in itertools.pairwise(bounds)]
 
     def __contains__(self, point: object) -> bool:
         return isinstance(point, int) and self.start <= point < self.end

@@ -52,6 +52,7 @@ from pydantic import (
     ModelWrapValidatorHandler,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -224,16 +225,16 @@ class DocumentDBSettings(BaseModel):
 
     @field_validator("tls_ca_file")
     @classmethod
-    def _check_ca_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
+    def _check_ca_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # A field validator, not a model one: the wrap validator above must see every
+        # error (a model-level error would quote the whole input, URI included).
+        if value is None:
+            return value
+        if not value.is_file():
             raise ValueError(f"CA file {str(value)!r} does not exist or is not a file")
+        if not info.data.get("tls", False):
+            raise ValueError("a CA file is set but tls is False")
         return value
-
-    @model_validator(mode="after")
-    def _check_tls(self) -> Self:
-        if self.tls_ca_file is not None and not self.tls:
-            raise ValueError("tls_ca_file is set but tls is False")
-        return self
 
 
 class DocumentDBBackend(LifecycleMixin):
@@ -365,10 +366,13 @@ class DocumentDBBackend(LifecycleMixin):
                 await self._create_indexes()
         except BaseException:
             # _ensure_open will retry _open on the next call: do not leak this client.
-            await self._close()
+            await self._close_owned_client()
             raise
 
     async def _close(self) -> None:
+        await self._close_owned_client()
+
+    async def _close_owned_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.close()

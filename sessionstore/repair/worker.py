@@ -3,7 +3,8 @@
 For each queued session it reads both stores and copies the newer record (session or
 tombstone) to the other one under the revision rule. The authoritative store normally
 holds the newer record; after a rollback the other one may, and copying newest-wins
-is right in both cases. A copy that fails is retried with exponential back-off (capped at 64 times the base delay); a repair never
+is right in both cases. A copy that fails is retried with exponential back-off
+(capped at 64 times the base delay); a repair never
 makes a store older.
 
 Example::

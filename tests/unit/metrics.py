@@ -21,16 +21,16 @@ def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
     ]
 
 
-def counter_points(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, Any], ...], int]:
+def counter_points(
+    reader: InMemoryMetricReader, name: str
+) -> dict[tuple[tuple[str, Any], ...], int]:
     """Counter values by their sorted attribute pairs (zero-valued points dropped)."""
-    return {
-        tuple(sorted(p.attributes.items())): p.value
-        for p in _points(reader, name)
-        if p.value
-    }
+    return {tuple(sorted(p.attributes.items())): p.value for p in _points(reader, name) if p.value}
 
 
-def histogram_counts(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, Any], ...], int]:
+def histogram_counts(
+    reader: InMemoryMetricReader, name: str
+) -> dict[tuple[tuple[str, Any], ...], int]:
     """Histogram sample counts by their sorted attribute pairs."""
     return {tuple(sorted(p.attributes.items())): p.count for p in _points(reader, name)}
 

@@ -37,7 +37,9 @@ def ops(phases: list[Phase]) -> st.SearchStrategy[list[tuple[Any, ...]]]:
             st.tuples(st.just("read"), key),
             st.tuples(st.just("fail"), store, st.sampled_from(["save", "delete"])),
             st.tuples(st.just("phase"), st.sampled_from(phases)),
-            st.tuples(st.just("drain"),),
+            st.tuples(
+                st.just("drain"),
+            ),
         ),
         max_size=40,
     )
@@ -50,7 +52,9 @@ async def run(
     queue = InMemoryRepairQueue()
     repo, stores = memory_repository(source, repairs=queue)
     worker = RepairWorker(
-        cassandra=stores.cassandra, documentdb=stores.documentdb, queue=stores.repairs,
+        cassandra=stores.cassandra,
+        documentdb=stores.documentdb,
+        queue=stores.repairs,
         retry_delay_seconds=0,
     )
     acked: dict[uuid.UUID, tuple[int, bool]] = {}
@@ -108,7 +112,8 @@ def test_dual_phases_converge_to_the_newest_acknowledged_write(
             assert (c is None) == (d is None) or (c and d and c.revision == d.revision)
             continue
         rev, deleted = acked[sid]
-        assert c is not None and d is not None
+        assert c is not None
+        assert d is not None
         assert c.revision == d.revision == rev
         assert c.deleted == d.deleted == deleted
 
@@ -126,4 +131,5 @@ def test_no_acknowledged_write_is_lost_in_any_phase(
     for sid, (rev, deleted) in acked.items():
         held = [r for r in (cassandra.get(sid), documentdb.get(sid)) if r is not None]
         newest = max(held, key=lambda r: r.revision)
-        assert newest.revision == rev and newest.deleted == deleted
+        assert newest.revision == rev
+        assert newest.deleted == deleted

@@ -55,7 +55,9 @@ def test_percentage_rollout_keeps_each_session_in_one_phase(ld: tuple[LDClient, 
 def test_missing_flag_falls_back_and_is_counted(ld: tuple[LDClient, TestData]) -> None:
     client, _ = ld
     reader = InMemoryMetricReader()
-    source = LaunchDarklyPhaseSource(client, flag_key="no-such-flag", default_phase=Phase.DUAL_WRITE)
+    source = LaunchDarklyPhaseSource(
+        client, flag_key="no-such-flag", default_phase=Phase.DUAL_WRITE
+    )
     repo, _stores = memory_repository(source, meter_provider=MeterProvider(metric_readers=[reader]))
     assert repo.phase_of(uuid.uuid4(), Operation.READ) is Phase.DUAL_WRITE
     points = counter_points(reader, "sessionstore.phase.fallbacks")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -81,11 +81,15 @@ asyncio.run(main())
 async def test_sqlite_queue_survives_a_crash(tmp_path: Path) -> None:
     ids = [uuid.uuid4() for _ in range(5)]
     path = tmp_path / "repairs.db"
-    proc = subprocess.run(
-        [sys.executable, "-c", CRASHING_WRITER, str(path), *map(str, ids)],
-        env=os.environ | {"PYTHONPATH": os.getcwd()}, check=False,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CRASHING_WRITER,
+        str(path),
+        *map(str, ids),
+        env=os.environ | {"PYTHONPATH": os.getcwd()},
     )
-    assert proc.returncode == 9
+    assert await proc.wait() == 9
     async with SqliteRepairQueue(path) as q:
         assert {t.session_id for t in await q.claim(100)} == set(ids)
 
@@ -103,7 +107,8 @@ async def test_worker_copies_newest_in_either_direction() -> None:
             cassandra=stores.cassandra, documentdb=stores.documentdb, queue=stores.repairs
         )
         report = await worker.drain()
-        assert report.copied == 2 and report.failed == 0
+        assert report.copied == 2
+        assert report.failed == 0
         for sid, rev in ((a.session_id, a.revision), (b.session_id, newer_b.revision)):
             assert (await stores.cassandra.get(sid)).revision == rev  # type: ignore[union-attr]
             assert (await stores.documentdb.get(sid)).revision == rev  # type: ignore[union-attr]
@@ -117,7 +122,9 @@ async def test_worker_retries_when_a_store_is_down() -> None:
         s = await repo.save(make_session())
         stores.documentdb.go_down()
         worker = RepairWorker(
-            cassandra=stores.cassandra, documentdb=stores.documentdb, queue=stores.repairs,
+            cassandra=stores.cassandra,
+            documentdb=stores.documentdb,
+            queue=stores.repairs,
             retry_delay_seconds=0,
         )
         report = await worker.drain(max_rounds=1)

@@ -39,8 +39,10 @@ class GatedBackend(InMemoryBackend):
 async def test_shadow_read_is_off_the_callers_path() -> None:
     docdb = GatedBackend("documentdb")
     repo = SessionRepository(
-        cassandra=InMemoryBackend(name="cassandra"), documentdb=docdb,
-        phases=StaticPhaseSource(Phase.SHADOW), repairs=InMemoryRepairQueue(),
+        cassandra=InMemoryBackend(name="cassandra"),
+        documentdb=docdb,
+        phases=StaticPhaseSource(Phase.SHADOW),
+        repairs=InMemoryRepairQueue(),
     )
     async with repo:
         saved = await repo.save(make_session())
@@ -56,14 +58,18 @@ async def test_a_hung_shadow_store_is_abandoned_after_the_timeout() -> None:
     docdb = GatedBackend("documentdb")
     queue = InMemoryRepairQueue()
     repo = SessionRepository(
-        cassandra=InMemoryBackend(name="cassandra"), documentdb=docdb,
-        phases=StaticPhaseSource(Phase.SHADOW), repairs=queue, shadow_timeout=0.05,
+        cassandra=InMemoryBackend(name="cassandra"),
+        documentdb=docdb,
+        phases=StaticPhaseSource(Phase.SHADOW),
+        repairs=queue,
+        shadow_timeout=0.05,
     )
     async with repo:
         saved = await repo.save(make_session())
         assert await repo.get(saved.session_id) == saved
         await repo.wait_for_comparisons()
-        assert docdb.reads == 0 and await queue.depth() == 0
+        assert docdb.reads == 0
+        assert await queue.depth() == 0
 
 
 @pytest.mark.parametrize(("ratio", "expected"), [(0.0, 0), (1.0, 20)])
@@ -79,9 +85,7 @@ async def test_compare_sample_ratio(ratio: float, expected: int) -> None:
 
 
 async def test_partial_sampling_is_seeded() -> None:
-    repo, stores = memory_repository(
-        Phase.SHADOW, compare_sample_ratio=0.5, rng=random.Random(3)
-    )
+    repo, stores = memory_repository(Phase.SHADOW, compare_sample_ratio=0.5, rng=random.Random(3))
     async with repo:
         saved = await repo.save(make_session())
         stores.calls.clear()

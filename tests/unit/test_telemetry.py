@@ -29,19 +29,40 @@ async def test_operation_durations_use_semantic_convention_names(
         await repo.get(saved.session_id)
     counts = histogram_counts(reader, "db.client.operation.duration")
     base = {"sessionstore.phase": "dualwrite"}
+
     def key(**attrs: str) -> tuple[tuple[str, str], ...]:
         return tuple(sorted((base | attrs).items()))
+
     assert counts == {
-        key(**{"db.system.name": "cassandra", "db.operation.name": "save",
-               "sessionstore.store": "cassandra"}): 1,
-        key(**{"db.system.name": "mongodb", "db.operation.name": "save",
-               "sessionstore.store": "documentdb", "error.type": "BackendUnavailableError"}): 1,
-        key(**{"db.system.name": "cassandra", "db.operation.name": "get",
-               "sessionstore.store": "cassandra"}): 1,
+        key(
+            **{
+                "db.system.name": "cassandra",
+                "db.operation.name": "save",
+                "sessionstore.store": "cassandra",
+            }
+        ): 1,
+        key(
+            **{
+                "db.system.name": "mongodb",
+                "db.operation.name": "save",
+                "sessionstore.store": "documentdb",
+                "error.type": "BackendUnavailableError",
+            }
+        ): 1,
+        key(
+            **{
+                "db.system.name": "cassandra",
+                "db.operation.name": "get",
+                "sessionstore.store": "cassandra",
+            }
+        ): 1,
     }
     assert counter_points(reader, "sessionstore.secondary.failures") == {
-        (("db.operation.name", "save"), ("error.type", "BackendUnavailableError"),
-         ("sessionstore.store", "documentdb")): 1
+        (
+            ("db.operation.name", "save"),
+            ("error.type", "BackendUnavailableError"),
+            ("sessionstore.store", "documentdb"),
+        ): 1
     }
     assert counter_points(reader, "sessionstore.repairs.enqueued") == {
         (("sessionstore.reason", "secondary_write_failed"),): 1

@@ -1,0 +1,1 @@
+"""The ``sessionstore`` command line for the on-call team."""
