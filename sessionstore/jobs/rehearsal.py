@@ -4,11 +4,11 @@ Concurrent writers save, read and delete synthetic sessions while the phase step
 ``off -> dualwrite -> shadow -> live -> rampdown -> complete`` and rolls back
 again to ``dualwrite``, the last phase in which both stores are written (going on
 to ``off`` stops DocumentDB's updates; only a new backfill brings it level again).
-The secondary store fails a share of its writes. History written before dual-writing is copied by a reconcile pass (the
-backfill's job), and before the rollback from ``complete`` the writes Cassandra
-missed are copied back (the reverse backfill). Repairs are drained at each flip, as
-the runbook asks. At the end every key is checked: both stores must hold the newest
-acknowledged revision.
+The secondary store fails a share of its writes. History written before
+dual-writing is copied by a reconcile pass (the backfill's job), and before the
+rollback from ``complete`` the writes Cassandra missed are copied back (the reverse
+backfill). Repairs are drained at each flip, as the runbook asks. At the end every
+key is checked: both stores must hold the newest acknowledged revision.
 
 Example::
 
