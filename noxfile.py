@@ -1,0 +1,61 @@
+"""Developer and CI sessions. ``nox`` alone runs lint, typecheck, docs and tests."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "docs", "tests"]
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+
+SERVERS = "scripts/servers"
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", ".[all,lint]")
+    session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Run the examples in docs/ and in the docstrings, so the docs stay true."""
+    session.install("-e", ".[all,test]")
+    session.run(
+        "pytest", "-q", "-p", "no:cacheprovider", "--doctest-glob=*.md",
+        "--doctest-modules", "docs", "sessionstore", "-o", "testpaths=",
+    )
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """The tests that need no server (in-memory backends, fakes, CLI)."""
+    session.install("-e", ".[all,test]")
+    session.run("pytest", "-m", "not real", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite, with the real Cassandra and FerretDB started and stopped here."""
+    session.install("-e", ".[all,test]")
+    session.run("python", SERVERS, "up", external=True)
+    try:
+        session.run("pytest", *session.posargs)
+    finally:
+        session.run("python", SERVERS, "down", external=True)
+
+
+@nox.session
+def rehearse(session: nox.Session) -> None:
+    """The main job on its embedded default: a migration rehearsal on in-memory stores."""
+    session.install("-e", ".[cli]")
+    session.run("sessionstore", "rehearse", *session.posargs)
