@@ -7,16 +7,7 @@ import pytest
 from sessionstore import PHASE_PLANS, BackendUnavailableError, Phase, Store
 from sessionstore.testing import memory_repository
 from tests.helpers import make_session
-
-EXPECTED = {
-    # phase: (writes in order, read from, compared against)
-    Phase.CASSANDRA_ONLY: (["cassandra"], "cassandra", None),
-    Phase.DUAL_WRITE: (["cassandra", "documentdb"], "cassandra", None),
-    Phase.SHADOW: (["cassandra", "documentdb"], "cassandra", "documentdb"),
-    Phase.DOCDB_PRIMARY: (["documentdb", "cassandra"], "documentdb", "cassandra"),
-    Phase.RAMPDOWN: (["documentdb", "cassandra"], "documentdb", None),
-    Phase.DOCDB_ONLY: (["documentdb"], "documentdb", None),
-}
+from tests.phase_checks import EXPECTED, check_routing
 
 
 def test_every_phase_has_a_plan_and_an_expectation() -> None:
@@ -31,27 +22,9 @@ def test_phase_values_are_launchdarkly_stages() -> None:
 
 @pytest.mark.parametrize("phase", list(Phase))
 async def test_writes_go_in_order_and_reads_from_the_right_store(phase: Phase) -> None:
-    writes, read_from, compared = EXPECTED[phase]
     repo, stores = memory_repository(phase)
     async with repo:
-        saved = await repo.save(make_session())
-        sid = saved.session_id
-        assert [c.store for c in stores.calls if c.operation == "save"] == writes
-        stores.calls.clear()
-        assert await repo.get(sid) == saved
-        await repo.wait_for_comparisons()
-        gets = sorted(c.store for c in stores.calls if c.operation == "get")
-        assert gets == sorted([read_from] + ([compared] if compared else []))
-        stores.calls.clear()
-        await repo.delete(sid)
-        assert [c.store for c in stores.calls if c.operation == "delete"] == writes
-        assert await repo.get(sid) is None
-    for name in ("cassandra", "documentdb"):
-        store = getattr(stores, name).inner.records()
-        if name in writes:
-            assert store[sid].deleted
-        else:
-            assert sid not in store
+        await check_routing(phase, repo, stores)
 
 
 @pytest.mark.parametrize("phase", list(Phase))

@@ -1,0 +1,231 @@
+"""The repository over the real pair: every phase, and the servers stopped under load."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from sessionstore import (
+    BackendError,
+    InMemoryRepairQueue,
+    InvalidSessionError,
+    MAX_ENCODED_SIZE,
+    Phase,
+    RepairWorker,
+    SessionRepository,
+    SessionTooLargeError,
+    StaticPhaseSource,
+)
+from sessionstore.backends.cassandra import CassandraBackend, create_schema
+from sessionstore.backends.documentdb import DocumentDBBackend
+from tests.helpers import make_session
+from tests.phase_checks import check_routing
+from tests.real.pair import real_repository, servers
+
+pytestmark = pytest.mark.real
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+async def test_phase_routing_on_the_real_pair(phase: Phase) -> None:
+    async with real_repository(phase) as (repo, stores):
+        await check_routing(phase, repo, stores)
+
+
+@pytest.mark.parametrize("phase", [Phase.DUAL_WRITE, Phase.DOCDB_PRIMARY])
+async def test_multi_megabyte_session_round_trips_through_both_stores(phase: Phase) -> None:
+    async with real_repository(phase) as (repo, stores):
+        saved = await repo.save(make_session(attachment_bytes=8 * 1024 * 1024))
+        assert await repo.get(saved.session_id) == saved
+        for store in (stores.cassandra, stores.documentdb):
+            record = await store.inner.get(saved.session_id)
+            assert record is not None and record.session == saved
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: make_session(attachment_bytes=MAX_ENCODED_SIZE + 1),
+        lambda: make_session().model_copy(update={"metadata": {"$set": "x"}}),
+        lambda: make_session().model_copy(update={"metadata": {"a.b": "x"}}),
+    ],
+)
+async def test_bad_sessions_touch_neither_real_store(make: Any) -> None:
+    async with real_repository(Phase.DUAL_WRITE) as (repo, stores):
+        bad = make()
+        with pytest.raises(InvalidSessionError):
+            await repo.save(bad)
+        assert stores.calls == []
+        for store in (stores.cassandra, stores.documentdb):
+            assert await store.inner.get(bad.session_id) is None
+            page = await store.inner.scan(store.inner.key_space, limit=10)
+            assert page.records == ()
+
+
+async def test_oversize_is_the_typed_error() -> None:
+    async with real_repository(Phase.DOCDB_PRIMARY) as (repo, _):
+        with pytest.raises(SessionTooLargeError) as info:
+            await repo.save(make_session(attachment_bytes=MAX_ENCODED_SIZE + 1))
+        assert info.value.limit == MAX_ENCODED_SIZE
+
+
+@pytest.mark.parametrize(
+    "hostile_id",
+    ['{"$gt": ""}', "00000000-0000-0000-0000-000000000000' OR '1'='1", "*", "$where"],
+)
+async def test_injection_shaped_ids_are_rejected_before_any_store(hostile_id: str) -> None:
+    async with real_repository(Phase.SHADOW) as (repo, stores):
+        await repo.save(make_session())
+        with pytest.raises(InvalidSessionError):
+            await repo.get(hostile_id)
+        with pytest.raises(InvalidSessionError):
+            await repo.delete(hostile_id)
+        assert [c.operation for c in stores.calls] == ["save", "save"]
+
+
+# -- servers stopped under load ------------------------------------------------------
+
+
+class _Load:
+    """Concurrent writers through the repository; remembers the newest acked revision."""
+
+    def __init__(self, repo: SessionRepository, keys: int = 60) -> None:
+        self.repo = repo
+        self.keys = [uuid.uuid4() for _ in range(keys)]
+        self.acked: dict[uuid.UUID, tuple[int, bool]] = {}
+        self.failures = 0
+        self.rng = random.Random(11)
+
+    async def writer(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            sid = self.rng.choice(self.keys)
+            try:
+                if self.rng.random() < 0.85:
+                    saved = await self.repo.save(make_session(session_id=sid))
+                    result = (saved.revision, False)
+                else:
+                    result = (await self.repo.delete(sid), True)
+            except BackendError:
+                self.failures += 1  # not acknowledged: the authoritative store failed
+                await asyncio.sleep(0.05)
+                continue
+            if sid not in self.acked or self.acked[sid][0] < result[0]:
+                self.acked[sid] = result
+            await asyncio.sleep(0)
+
+    @contextlib.asynccontextmanager
+    async def running(self, writers: int = 6) -> Any:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(self.writer(stop)) for _ in range(writers)]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+
+async def _wait_until_answers(store: Any, deadline_s: float = 120) -> None:
+    """Poll a restarted store with real reads until it answers (drivers reconnect)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            await store.get(uuid.uuid4())
+            return
+        except BackendError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _assert_converged(load: _Load, cassandra: Any, documentdb: Any) -> None:
+    assert load.acked, "the load acknowledged no write"
+    for sid, (revision, deleted) in load.acked.items():
+        for store in (cassandra, documentdb):
+            record = await store.get(sid)
+            assert record is not None, (store.name, sid)
+            assert (record.revision, record.deleted) == (revision, deleted), store.name
+
+
+async def _fault_run(phase: Phase, down: str, cassandra: Any, documentdb: Any) -> None:
+    queue = InMemoryRepairQueue()
+    repo = SessionRepository(
+        cassandra=cassandra, documentdb=documentdb, phases=StaticPhaseSource(phase),
+        repairs=queue,
+    )
+    async with repo:
+        load = _Load(repo)
+        async with load.running():
+            await asyncio.sleep(1.5)  # both up
+            servers("stop", down)
+            await asyncio.sleep(4)  # secondary down: writes still acknowledged
+            acked_while_down = len(load.acked)
+            servers("start", down)
+            await _wait_until_answers(cassandra if down == "cassandra" else documentdb)
+            await asyncio.sleep(1.5)  # both up again
+        assert acked_while_down > 0
+        assert repo.stats.secondary_failures > 0, "the stopped server never failed a write"
+        assert load.failures == 0, "a secondary outage failed a call"
+        worker = RepairWorker(
+            cassandra=cassandra, documentdb=documentdb, queue=queue, retry_delay_seconds=0.2
+        )
+        for _ in range(20):
+            await worker.drain()
+            if await queue.depth() == 0:
+                break
+            await asyncio.sleep(0.5)
+        assert await queue.depth() == 0
+        await _assert_converged(load, cassandra, documentdb)
+
+
+async def test_documentdb_down_during_dual_write_loses_nothing() -> None:
+    from tests.real.cassandra_store import open_backend
+    from tests.real.documentdb_store import new_client
+
+    client = new_client(serverSelectionTimeoutMS=1000, connectTimeoutMS=1000)
+    cassandra = await open_backend()
+    collection = client["sessionstore_test"][f"fault_{uuid.uuid4().hex[:8]}"]
+    documentdb = DocumentDBBackend(collection, name="documentdb")
+    try:
+        await _fault_run(Phase.DUAL_WRITE, "ferretdb", cassandra, documentdb)
+    finally:
+        with contextlib.suppress(Exception):
+            await collection.drop()
+        await client.close()
+
+
+async def test_cassandra_down_during_docdb_primary_loses_nothing() -> None:
+    from cassandra.cluster import Cluster
+    from cassandra.policies import ConstantReconnectionPolicy
+
+    from tests.real.cassandra_store import TEST_KEYSPACE, shared_session
+    from tests.real.documentdb_store import new_client
+    from tests.real.servers import CASSANDRA_HOSTS, CASSANDRA_PORT
+
+    # A cluster of its own that reconnects every half second after the restart.
+    cluster = Cluster(
+        CASSANDRA_HOSTS, port=CASSANDRA_PORT, protocol_version=5, connect_timeout=2,
+        reconnection_policy=ConstantReconnectionPolicy(0.5, max_attempts=None),
+    )
+    session = await asyncio.to_thread(cluster.connect)
+    await shared_session()  # the test keyspace exists
+    table = f"fault_{uuid.uuid4().hex[:8]}"
+    await create_schema(session, TEST_KEYSPACE, table)
+    cassandra = CassandraBackend(session, keyspace=TEST_KEYSPACE, table=table)
+    client = new_client(serverSelectionTimeoutMS=5000)
+    collection = client["sessionstore_test"][f"fault_{uuid.uuid4().hex[:8]}"]
+    documentdb = DocumentDBBackend(collection, name="documentdb")
+    try:
+        await _fault_run(Phase.DOCDB_PRIMARY, "cassandra", cassandra, documentdb)
+    finally:
+        with contextlib.suppress(Exception):
+            await collection.drop()
+        await client.close()
+        await asyncio.to_thread(cluster.shutdown)
+        # Later tests share the process-wide session: wait until it is back too.
+        shared = await shared_session()
+        await _wait_until_answers(CassandraBackend(shared, keyspace=TEST_KEYSPACE, table=table))
