@@ -54,9 +54,14 @@ def _utc_millis(value: dt.datetime) -> dt.datetime:
 
 
 def _portable_text(value: str) -> str:
-    # NUL cannot be stored by the Mongo-wire engines' string type.
+    # NUL cannot be stored by the Mongo-wire engines' string type; lone surrogates are
+    # not UTF-8, which both stores require.
     if "\x00" in value:
         raise ValueError("text must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
     return value
 
 

@@ -196,11 +196,12 @@ def from_doc(doc: Mapping[str, Any]) -> StudentSession:
     try:
         return StudentSession.model_validate(data)
     except ValidationError as exc:
-        # ``from None``: pydantic's error text echoes the stored values.
         fields = tuple(".".join(str(p) for p in err["loc"]) for err in exc.errors())
-        raise InvalidSessionError(
-            f"stored document is not a valid session: {', '.join(fields)}", fields=fields
-        ) from None
+    # Outside the except block: pydantic's error text echoes the stored values, and
+    # neither __cause__ nor __context__ may keep it.
+    raise InvalidSessionError(
+        f"stored document is not a valid session: {', '.join(fields)}", fields=fields
+    )
 
 
 def record_from_doc(doc: Mapping[str, Any]) -> StoredRecord:

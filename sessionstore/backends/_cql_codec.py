@@ -13,8 +13,9 @@ more, and a 12 MiB drawing would then exceed Cassandra's 16 MiB mutation limit.
 
 Example::
 
-    row = to_row(session)                       # values in INSERT_COLUMNS order
-    assert from_row(fake_select_row) == session # a row shaped like SELECT_COLUMNS
+    values = to_row(session)            # INSERT_COLUMNS order, ready to bind
+    record = record_from_row(row)       # a row of a SELECT of SELECT_COLUMNS
+    assert record.session == session    # exact: ids, ms timestamps, bytes, nesting
 
 ``from_row(row)`` accepts any row factory's output: a mapping (``dict_factory``) or a
 sequence in :data:`SELECT_COLUMNS` order (tuples, the default named tuples).
@@ -145,12 +146,17 @@ def to_row(session: StudentSession) -> tuple[Any, ...]:
     for key, value in session.metadata.items():
         _check_utf8(key, "metadata")
         _check_utf8(value, "metadata")
+    try:
+        # SessionStatus(): model_copy(update=...) may have put a plain string here.
+        status = SessionStatus(session.status).value
+    except ValueError:
+        raise InvalidSessionError("unknown session status", fields=("status",)) from None
     answers, blobs = _encode_answers(session.answers)
     return (
         session.session_id,
         session.student_id,
         session.assessment_id,
-        session.status.value,
+        status,
         _millis(session.started_at),
         _millis(session.updated_at),
         answers,

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import itertools
@@ -160,24 +161,40 @@ class BackendState(enum.Enum):
 
 
 class LifecycleMixin:
-    """``async with`` support and a closed-state guard shared by the implementations."""
+    """``async with`` support and a closed-state guard shared by the implementations.
+
+    The first call opens the object once, even when several calls arrive together; a
+    close that lands while it is opening wins.
+    """
 
     _state: BackendState = BackendState.UNOPENED
     _lifecycle_name: str = "object"
+    _lifecycle_lock: asyncio.Lock | None = None
 
     async def _open(self) -> None:
         """Connect; called once on first use or on ``__aenter__``."""
 
     async def _close(self) -> None:
-        """Disconnect; called once by ``aclose``."""
+        """Disconnect; called once by ``aclose`` if the object was opened."""
+
+    def _is(self, state: BackendState) -> bool:
+        # A method, so that type checkers do not narrow the state across awaits.
+        return self._state is state
 
     async def _ensure_open(self) -> None:
-        if self._state is BackendState.OPEN:
+        if self._is(BackendState.OPEN):
             return
-        if self._state is BackendState.CLOSED:
+        if self._lifecycle_lock is None:
+            self._lifecycle_lock = asyncio.Lock()
+        async with self._lifecycle_lock:
+            if self._is(BackendState.UNOPENED):
+                await self._open()
+                if self._is(BackendState.CLOSED):
+                    await self._close()  # aclose() ran while _open awaited: undo it
+                else:
+                    self._state = BackendState.OPEN
+        if not self._is(BackendState.OPEN):
             raise RepositoryClosedError(f"{self._lifecycle_name} is closed")
-        await self._open()
-        self._state = BackendState.OPEN
 
     async def __aenter__(self) -> Self:
         await self._ensure_open()
@@ -193,9 +210,9 @@ class LifecycleMixin:
 
     async def aclose(self) -> None:
         """Release resources; later calls raise RepositoryClosedError. Idempotent."""
-        if self._state is BackendState.CLOSED:
+        if self._is(BackendState.CLOSED):
             return
-        was_open = self._state is BackendState.OPEN
+        was_open = self._is(BackendState.OPEN)
         self._state = BackendState.CLOSED
         if was_open:
             await self._close()

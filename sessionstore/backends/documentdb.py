@@ -52,7 +52,6 @@ from pydantic import (
     ModelWrapValidatorHandler,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -171,7 +170,7 @@ class DocumentDBSettings(BaseModel):
     collection: str = "sessions"
     #: True forces TLS on; False leaves it to the URI (``tls=true``), default off.
     tls: bool = False
-    #: CA bundle (for DocumentDB: ``global-bundle.pem``); must exist; needs ``tls=True``.
+    #: CA bundle (for DocumentDB: ``global-bundle.pem``); must exist; implies TLS.
     tls_ca_file: Path | None = None
     #: DocumentDB before 8.0.2 has no retryable writes; enable only on 8.0.2+.
     retry_writes: bool = False
@@ -187,9 +186,7 @@ class DocumentDBSettings(BaseModel):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _configuration_error(
-        cls, data: Any, handler: ModelWrapValidatorHandler[Self]
-    ) -> Self:
+    def _configuration_error(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
         # pydantic's ValidationError echoes input values (the URI with its password), so
         # it is replaced, not chained: field names and reasons only.
         try:
@@ -199,7 +196,8 @@ class DocumentDBSettings(BaseModel):
                 f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
                 for err in exc.errors()
             )
-            raise ConfigurationError(f"invalid DocumentDB settings: {problems}") from None
+        # Raised outside the except block so that not even __context__ keeps the original.
+        raise ConfigurationError(f"invalid DocumentDB settings: {problems}")
 
     @field_validator("uri")
     @classmethod
@@ -213,7 +211,7 @@ class DocumentDBSettings(BaseModel):
     def _check_database(cls, value: str) -> str:
         # MongoDB/DocumentDB database name rules; checked here so a typo fails at startup.
         if not 0 < len(value) <= 63 or any(c in value for c in '/\\. "$*<>:|?\x00'):
-            raise ValueError("must be 1-63 characters without /\\. \"$*<>:|? or NUL")
+            raise ValueError('must be 1-63 characters without /\\. "$*<>:|? or NUL')
         return value
 
     @field_validator("collection")
@@ -225,16 +223,15 @@ class DocumentDBSettings(BaseModel):
 
     @field_validator("tls_ca_file")
     @classmethod
-    def _check_ca_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        # A field validator, not a model one: the wrap validator above must see every
-        # error (a model-level error would quote the whole input, URI included).
-        if value is None:
-            return value
-        if not value.is_file():
+    def _check_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
             raise ValueError(f"CA file {str(value)!r} does not exist or is not a file")
-        if not info.data.get("tls", False):
-            raise ValueError("a CA file is set but tls is False")
         return value
+
+    @property
+    def uses_tls(self) -> bool:
+        """True when the backend forces TLS on: ``tls=True`` or a ``tls_ca_file`` is set."""
+        return self.tls or self.tls_ca_file is not None
 
 
 class DocumentDBBackend(LifecycleMixin):
@@ -616,19 +613,19 @@ def _make_client(settings: DocumentDBSettings) -> AsyncMongoClient[dict[str, Any
     }
     if settings.socket_timeout_ms is not None:
         options["socketTimeoutMS"] = settings.socket_timeout_ms
-    if settings.tls:
+    if settings.uses_tls:
         options["tls"] = True
     if settings.tls_ca_file is not None:
         options["tlsCAFile"] = str(settings.tls_ca_file)
     uri = settings.uri.get_secret_value()
     try:
         return AsyncMongoClient(uri, **options)
-    except (PyMongoError, ValueError, TypeError) as exc:
-        # Not chained: PyMongo's URI errors may quote parts of the URI.
-        reason = _scrub(_first_line(exc), _uri_secrets(settings.uri))
-        raise ConfigurationError(
-            f"invalid DocumentDB connection settings ({type(exc).__name__}: {reason})"
-        ) from None
+    except (PyMongoError, ValueError, TypeError, OSError) as exc:
+        # OSError: ssl.SSLError when the CA file is not a PEM bundle.
+        reason = f"{type(exc).__name__}: {_scrub(_first_line(exc), _uri_secrets(settings.uri))}"
+    # Neither chained nor raised in the except block: PyMongo's URI errors may quote
+    # parts of the URI, and __context__ would keep them.
+    raise ConfigurationError(f"invalid DocumentDB connection settings ({reason})")
 
 
 def _check_write_concern(collection: object) -> None:

@@ -38,6 +38,7 @@ from tests.helpers import make_session
         ({"revision": 2**63}, "revision"),
         ({"unexpected": 1}, "unexpected"),
         ({"student_id": "nul\x00byte"}, "student_id"),
+        ({"student_id": "lone \ud800 surrogate"}, "student_id"),
     ],
 )
 def test_bad_fields_raise_invalid_session_error(fields: dict[str, Any], bad_field: str) -> None:
