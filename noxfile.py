@@ -31,8 +31,16 @@ def docs(session: nox.Session) -> None:
     """Run the examples in docs/ and in the docstrings, so the docs stay true."""
     session.install("-e", ".[all,test]")
     session.run(
-        "pytest", "-q", "-p", "no:cacheprovider", "--doctest-glob=*.md",
-        "--doctest-modules", "docs", "sessionstore", "-o", "testpaths=",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--doctest-glob=*.md",
+        "--doctest-modules",
+        "docs",
+        "sessionstore",
+        "-o",
+        "testpaths=",
     )
 
 

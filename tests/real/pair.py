@@ -36,8 +36,11 @@ async def real_repository(
         calls,
     )
     repo = SessionRepository(
-        cassandra=stores.cassandra, documentdb=stores.documentdb, phases=source,
-        repairs=stores.repairs, **options,
+        cassandra=stores.cassandra,
+        documentdb=stores.documentdb,
+        phases=source,
+        repairs=stores.repairs,
+        **options,
     )
     async with repo:
         yield repo, stores
@@ -49,7 +52,10 @@ def servers(*args: str) -> None:
         pytest.skip("servers are external: this test must stop and restart them itself")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "servers"), *args],
-        capture_output=True, text=True, check=False, timeout=300,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
     )
     if proc.returncode != 0:
         pytest.fail(f"scripts/servers {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from sessionstore import (
+    MAX_ENCODED_SIZE,
     BackendError,
     InMemoryRepairQueue,
     InvalidSessionError,
-    MAX_ENCODED_SIZE,
     Phase,
     RepairWorker,
     SessionRepository,
@@ -154,7 +154,9 @@ async def _assert_converged(load: _Load, cassandra: Any, documentdb: Any) -> Non
 async def _fault_run(phase: Phase, down: str, cassandra: Any, documentdb: Any) -> None:
     queue = InMemoryRepairQueue()
     repo = SessionRepository(
-        cassandra=cassandra, documentdb=documentdb, phases=StaticPhaseSource(phase),
+        cassandra=cassandra,
+        documentdb=documentdb,
+        phases=StaticPhaseSource(phase),
         repairs=queue,
     )
     async with repo:
@@ -208,7 +210,10 @@ async def test_cassandra_down_during_docdb_primary_loses_nothing() -> None:
 
     # A cluster of its own that reconnects every half second after the restart.
     cluster = Cluster(
-        CASSANDRA_HOSTS, port=CASSANDRA_PORT, protocol_version=5, connect_timeout=2,
+        CASSANDRA_HOSTS,
+        port=CASSANDRA_PORT,
+        protocol_version=5,
+        connect_timeout=2,
         reconnection_policy=ConstantReconnectionPolicy(0.5, max_attempts=None),
     )
     session = await asyncio.to_thread(cluster.connect)
