@@ -116,9 +116,18 @@ class SessionRepository:
     async def __aenter__(self) -> Self:
         if self.state is not RepositoryState.UNOPENED:
             raise RepositoryClosedError(f"repository cannot be opened when {self.state.value}")
-        for backend in self._backends.values():
-            await backend.__aenter__()
-        await self._repairs.__aenter__()
+        opened: list[SessionBackend | RepairQueue] = []
+        resources: list[SessionBackend | RepairQueue] = [*self._backends.values(), self._repairs]
+        try:
+            for resource in resources:
+                await resource.__aenter__()
+                opened.append(resource)
+        except BaseException:
+            # Do not leak the connections that did open.
+            self.state = RepositoryState.CLOSED
+            for resource in opened:
+                await resource.aclose()
+            raise
         self.state = RepositoryState.OPEN
         return self
 

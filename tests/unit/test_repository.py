@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from sessionstore import (
+    BackendUnavailableError,
     ConfigurationError,
     InMemoryBackend,
     InMemoryRepairQueue,
@@ -142,3 +143,23 @@ async def test_closing_closes_the_stores() -> None:
         pass
     with pytest.raises(RepositoryClosedError):
         await stores.cassandra.inner.get(uuid.uuid4())
+
+
+async def test_a_store_that_cannot_open_leaves_nothing_open() -> None:
+    class Broken(InMemoryBackend):
+        async def _open(self) -> None:
+            raise BackendUnavailableError("down", store="documentdb")
+
+    cassandra = InMemoryBackend(name="cassandra")
+    repo = SessionRepository(
+        cassandra=cassandra,
+        documentdb=Broken(name="documentdb"),
+        phases=StaticPhaseSource(Phase.DUAL_WRITE),
+        repairs=InMemoryRepairQueue(),
+    )
+    with pytest.raises(BackendUnavailableError):
+        await repo.__aenter__()
+    with pytest.raises(RepositoryClosedError):
+        await cassandra.get(uuid.uuid4())
+    with pytest.raises(RepositoryClosedError):
+        await repo.get(uuid.uuid4())
