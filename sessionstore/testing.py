@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import random
 import uuid
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from sessionstore._errors import BackendError, BackendUnavailableError
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Call",
     "FaultInjectingBackend",
+    "KeySerializingBackend",
     "MemoryStores",
     "launchdarkly_test_client",
     "memory_repository",
@@ -177,6 +179,78 @@ class FaultInjectingBackend(LifecycleMixin):
     ) -> ScanPage:
         """Forwarded, after any injected fault or latency."""
         await self._enter("scan", None)
+        page: ScanPage = await self.inner.scan(key_range, cursor=cursor, limit=limit)
+        return page
+
+
+class KeySerializingBackend(LifecycleMixin):
+    """Wraps a backend so that writes to one session id never overlap (in this process).
+
+    For engines whose conditional write is a read followed by a write, not one atomic
+    step: FerretDB (standing in for DocumentDB in this repository's tests) can let an
+    older write overtake a newer one when two writers hit the same key at once, which
+    the revision rule cannot prevent. DocumentDB's single-document writes are atomic and
+    need no such wrapper. Reads and scans pass straight through. Example::
+
+        documentdb = KeySerializingBackend(ferretdb_backend)
+        repo = SessionRepository(cassandra=c, documentdb=documentdb, ...)
+        job = BackfillJob(c, documentdb)   # shares the per-key locks with the repository
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self._locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._lifecycle_name = f"backend {inner.name!r}"
+
+    @property
+    def name(self) -> str:
+        """The wrapped backend's name."""
+        return str(self.inner.name)
+
+    @property
+    def key_space(self) -> KeyRange:
+        """The wrapped backend's key space."""
+        result: KeyRange = self.inner.key_space
+        return result
+
+    def _lock(self, session_id: uuid.UUID) -> asyncio.Lock:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[session_id] = lock
+        return lock
+
+    async def _open(self) -> None:
+        await self.inner.__aenter__()
+
+    async def _close(self) -> None:
+        await self.inner.aclose()
+
+    async def get(self, session_id: uuid.UUID) -> StoredRecord | None:
+        """Forwarded."""
+        await self._ensure_open()
+        result: StoredRecord | None = await self.inner.get(session_id)
+        return result
+
+    async def save(self, session: StudentSession) -> None:
+        """Forwarded while holding the session id's lock."""
+        await self._ensure_open()
+        async with self._lock(session.session_id):
+            await self.inner.save(session)
+
+    async def delete(self, session_id: uuid.UUID, revision: int) -> None:
+        """Forwarded while holding the session id's lock."""
+        await self._ensure_open()
+        async with self._lock(session_id):
+            await self.inner.delete(session_id, revision)
+
+    async def scan(
+        self, key_range: KeyRange, *, cursor: str | None = None, limit: int = 500
+    ) -> ScanPage:
+        """Forwarded."""
+        await self._ensure_open()
         page: ScanPage = await self.inner.scan(key_range, cursor=cursor, limit=limit)
         return page
 

@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import hmac
 import re
+import socket
 import ssl
 import struct
 import threading
@@ -213,6 +214,10 @@ def _build_cluster(settings: CassandraSettings) -> Cluster:
         "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
         "connect_timeout": settings.connect_timeout,
         "control_connection_timeout": settings.connect_timeout,
+        # The driver leaves Nagle's algorithm on: a request written in more than one
+        # send() then waits for the server's delayed ACK, about 40 ms per write on
+        # Linux (measured: 45 ms vs 0.9 ms for a 4 KB INSERT; see docs/performance.md).
+        "sockopts": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     }
     if settings.protocol_version is not None:
         kwargs["protocol_version"] = settings.protocol_version

@@ -1,6 +1,77 @@
-"""Migration jobs that work on whole stores: reconcile and the rehearsal."""
+"""Migration jobs on whole stores: backfill, verify, reconcile and the rehearsal.
 
+The backfill and verify jobs split a store into small, serializable units
+(:class:`WorkUnit`), checkpoint each unit's completion (:class:`SqliteCheckpointStore`),
+throttle themselves (:class:`RateLimiter`, :class:`RetryPolicy`) and return a
+:class:`JobReport`. See docs/jobs.md. Example::
+
+    from sessionstore.jobs import BackfillJob, SqliteCheckpointStore, VerifyJob
+
+    async with SqliteCheckpointStore("checkpoints.db") as checkpoints:
+        job = BackfillJob(cassandra, documentdb, name="backfill-1", checkpoints=checkpoints,
+                          rate=2000)
+        report = await job.run(job.plan(parts=1024))
+        verified = await VerifyJob(cassandra, documentdb, name="verify-1").run()
+"""
+
+from sessionstore.jobs.backfill import BackfillJob, RecordsRejectedError
+from sessionstore.jobs.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    MemoryCheckpointStore,
+    SqliteCheckpointStore,
+    UnitRecord,
+    UnitState,
+)
+from sessionstore.jobs.engine import JobProgress, JobReport, UnitResult
 from sessionstore.jobs.reconcile import ReconcileReport, reconcile
 from sessionstore.jobs.rehearsal import RehearsalConfig, RehearsalReport, run_rehearsal
+from sessionstore.jobs.settings import ConnectionSettings
+from sessionstore.jobs.throttle import RateLimiter, RetryPolicy, Throttle
+from sessionstore.jobs.units import (
+    JobAction,
+    UnitKind,
+    WorkUnit,
+    parse_range,
+    parse_shard,
+    plan_fingerprint,
+    plan_ids,
+    plan_ranges,
+    read_id_file,
+    shard,
+)
+from sessionstore.jobs.verify import VerifyJob
 
-__all__ = ["ReconcileReport", "RehearsalConfig", "RehearsalReport", "reconcile", "run_rehearsal"]
+__all__ = [
+    "BackfillJob",
+    "CheckpointError",
+    "CheckpointStore",
+    "ConnectionSettings",
+    "JobAction",
+    "JobProgress",
+    "JobReport",
+    "MemoryCheckpointStore",
+    "RateLimiter",
+    "ReconcileReport",
+    "RecordsRejectedError",
+    "RehearsalConfig",
+    "RehearsalReport",
+    "RetryPolicy",
+    "SqliteCheckpointStore",
+    "Throttle",
+    "UnitKind",
+    "UnitRecord",
+    "UnitResult",
+    "UnitState",
+    "VerifyJob",
+    "WorkUnit",
+    "parse_range",
+    "parse_shard",
+    "plan_fingerprint",
+    "plan_ids",
+    "plan_ranges",
+    "read_id_file",
+    "reconcile",
+    "run_rehearsal",
+    "shard",
+]

@@ -1,14 +1,24 @@
-"""A migration rehearsal on in-memory stores: every phase, a rollback, injected faults.
+"""A migration rehearsal: history, backfill, every phase, a rollback, injected faults.
 
-Concurrent writers save, read and delete synthetic sessions while the phase steps
-``off -> dualwrite -> shadow -> live -> rampdown -> complete`` and rolls back
-again to ``dualwrite``, the last phase in which both stores are written (going on
-to ``off`` stops DocumentDB's updates; only a new backfill brings it level again).
-The secondary store fails a share of its writes. History written before
-dual-writing is copied by a reconcile pass (the backfill's job), and before the
-rollback from ``complete`` the writes Cassandra missed are copied back (the reverse
-backfill). Repairs are drained at each flip, as the runbook asks. At the end every
-key is checked: both stores must hold the newest acknowledged revision.
+History is seeded in Cassandra before anything else (sessions and deletions the
+service wrote before dual-writing began). Concurrent writers then save, read and delete
+sessions through the repository while the phase steps
+``off -> dualwrite -> shadow -> live -> rampdown -> complete`` and rolls back again to
+``dualwrite`` (the last phase in which both stores are written; going on to ``off``
+stops DocumentDB's updates, and only a new backfill brings it level again).
+
+- On entering ``dualwrite``, the backfill (Cassandra to DocumentDB) runs *while* the
+  writers dual-write, then verify proves DocumentDB complete.
+- On entering ``complete`` (DOCDB_ONLY), verify runs again.
+- Rolling back out of ``complete``: the phase goes to ``rampdown`` first, the reverse
+  backfill (DocumentDB to Cassandra) runs while the writers write both stores, then
+  verify proves Cassandra complete, as the runbook says.
+- The secondary store fails a share of its writes (the jobs' writes too); repairs are
+  drained at each flip, as the runbook asks.
+
+At the end every key is checked: both stores must hold the newest acknowledged revision.
+The stores are in memory by default; :func:`run_rehearsal` takes real backends too
+(``sessionstore rehearse --real``).
 
 Example::
 
@@ -27,31 +37,48 @@ import time
 import uuid
 from pathlib import Path
 
+from sessionstore._clock import HybridClock
+from sessionstore.backends.base import SessionBackend
 from sessionstore.backends.memory import InMemoryBackend
+from sessionstore.jobs.backfill import BackfillJob
+from sessionstore.jobs.checkpoint import SqliteCheckpointStore
+from sessionstore.jobs.engine import JobReport
 from sessionstore.jobs.reconcile import reconcile
+from sessionstore.jobs.throttle import RetryPolicy
+from sessionstore.jobs.verify import VerifyJob
 from sessionstore.model import Answer, Attachment, SessionStatus, StudentSession
 from sessionstore.phases import PHASE_PLANS, Phase, StaticPhaseSource
 from sessionstore.repair.sqlite import SqliteRepairQueue
 from sessionstore.repair.worker import RepairWorker
 from sessionstore.repository import SessionRepository
-from sessionstore.testing import FaultInjectingBackend
+from sessionstore.testing import FaultInjectingBackend, KeySerializingBackend
 
-__all__ = ["PhaseStats", "RehearsalConfig", "RehearsalReport", "run_rehearsal"]
+__all__ = ["SCHEDULE", "PhaseStats", "RehearsalConfig", "RehearsalReport", "run_rehearsal"]
 
 #: Forward through every stage, then the rollback down to DUAL_WRITE.
 SCHEDULE: tuple[Phase, ...] = (*Phase, *reversed(tuple(Phase)[1:-1]))
 
+# The jobs see injected faults too; retry them quickly.
+_FAST_RETRY = RetryPolicy(attempts=10, base_delay=0.002, max_delay=0.05)
+
 
 @dataclasses.dataclass(frozen=True)
 class RehearsalConfig:
-    """Knobs of a rehearsal; the defaults finish in a few seconds."""
+    """Knobs of a rehearsal; the defaults finish in a few seconds in memory."""
 
     keys: int = 300
     writers: int = 8
     ops_per_phase: int = 400
     fault_rate: float = 0.05
     seed: int = 2026
+    #: Sessions written to Cassandra before dual-writing (a tenth of them deleted).
+    history: int = 500
+    #: Units the backfill and verify jobs split each key space into.
+    parts: int = 32
     queue_path: Path | None = None
+    checkpoint_path: Path | None = None
+    #: Serialize writes per key on DocumentDB (needed on FerretDB, see testing.py).
+    serialize_documentdb_writes: bool = False
 
 
 @dataclasses.dataclass
@@ -81,8 +108,12 @@ class RehearsalReport:
     divergences_seen: int = 0
     repairs_enqueued: int = 0
     repairs_copied: int = 0
+    history_seeded: int = 0
     history_copied: int = 0
+    backfill_sessions_per_second: float = 0.0
     reverse_copied: int = 0
+    #: (when, differences found by verify) for each verification.
+    verifications: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     keys_checked: int = 0
     diverged_keys: int = 0
     lost_writes: int = 0
@@ -90,7 +121,8 @@ class RehearsalReport:
     @property
     def ok(self) -> bool:
         """True when both stores ended identical and nothing acknowledged was lost."""
-        return self.diverged_keys == 0 and self.lost_writes == 0
+        verified = all(differences == 0 for _, differences in self.verifications)
+        return self.diverged_keys == 0 and self.lost_writes == 0 and verified
 
 
 class _Traffic:
@@ -102,11 +134,11 @@ class _Traffic:
         self.keys = [uuid.UUID(int=self.rng.getrandbits(128)) for _ in range(config.keys)]
         self.acked: dict[uuid.UUID, tuple[int, bool]] = {}
 
-    def _ack(self, sid: uuid.UUID, revision: int, deleted: bool) -> None:
+    def ack(self, sid: uuid.UUID, revision: int, deleted: bool) -> None:
         if sid not in self.acked or self.acked[sid][0] < revision:
             self.acked[sid] = (revision, deleted)
 
-    def _session(self, sid: uuid.UUID) -> StudentSession:
+    def session(self, sid: uuid.UUID) -> StudentSession:
         rng = self.rng
         answers = tuple(
             Answer(
@@ -134,12 +166,12 @@ class _Traffic:
         roll = self.rng.random()
         start = time.perf_counter()
         if roll < 0.5:
-            saved = await self.repo.save(self._session(sid))
-            self._ack(sid, saved.revision, False)
+            saved = await self.repo.save(self.session(sid))
+            self.ack(sid, saved.revision, False)
         elif roll < 0.9:
             await self.repo.get(sid)
         else:
-            self._ack(sid, await self.repo.delete(sid), True)
+            self.ack(sid, await self.repo.delete(sid), True)
         stats.latencies.append(time.perf_counter() - start)
         stats.operations += 1
 
@@ -153,77 +185,169 @@ class _Traffic:
         await asyncio.gather(*(writer(per_writer + (i < extra)) for i in range(writers)))
 
 
-async def run_rehearsal(config: RehearsalConfig = RehearsalConfig()) -> RehearsalReport:
-    """Run the rehearsal and return its report (see the module docstring)."""
+async def run_rehearsal(
+    config: RehearsalConfig = RehearsalConfig(),
+    *,
+    cassandra: SessionBackend | None = None,
+    documentdb: SessionBackend | None = None,
+) -> RehearsalReport:
+    """Run the rehearsal and return its report (see the module docstring).
+
+    ``cassandra`` and ``documentdb`` default to in-memory stores; real backends must be
+    empty (a fresh table and collection) and are closed at the end.
+    """
     with tempfile.TemporaryDirectory(prefix="sessionstore-rehearsal-") as tmp:
         queue_path = config.queue_path or Path(tmp) / "repairs.db"
-        return await _rehearse(config, queue_path)
+        checkpoint_path = config.checkpoint_path or Path(tmp) / "checkpoints.db"
+        c = cassandra or InMemoryBackend(name="cassandra")
+        d = documentdb or InMemoryBackend(name="documentdb")
+        if config.serialize_documentdb_writes:
+            d = KeySerializingBackend(d)
+        return await _Rehearsal(config, c, d, queue_path, checkpoint_path).run()
 
 
-async def _rehearse(config: RehearsalConfig, queue_path: Path) -> RehearsalReport:
-    cassandra = FaultInjectingBackend(InMemoryBackend(name="cassandra"))
-    documentdb = FaultInjectingBackend(InMemoryBackend(name="documentdb"))
-    phases = StaticPhaseSource(Phase.CASSANDRA_ONLY)
-    queue = SqliteRepairQueue(queue_path)
-    repo = SessionRepository(
-        cassandra=cassandra,
-        documentdb=documentdb,
-        phases=phases,
-        repairs=queue,
-        rng=random.Random(config.seed),
-    )
-    report = RehearsalReport(phases=[])
-    fault_rng = random.Random(config.seed + 1)
-    async with repo:
-        worker = RepairWorker(
-            cassandra=cassandra,
-            documentdb=documentdb,
-            queue=queue,
-            telemetry=repo.telemetry,
+class _Rehearsal:
+    def __init__(
+        self,
+        config: RehearsalConfig,
+        cassandra: SessionBackend,
+        documentdb: SessionBackend,
+        queue_path: Path,
+        checkpoint_path: Path,
+    ) -> None:
+        self.config = config
+        self.cassandra = FaultInjectingBackend(cassandra)
+        self.documentdb = FaultInjectingBackend(documentdb)
+        self.phases = StaticPhaseSource(Phase.CASSANDRA_ONLY)
+        self.queue = SqliteRepairQueue(queue_path)
+        self.checkpoints = SqliteCheckpointStore(checkpoint_path)
+        self.repo = SessionRepository(
+            cassandra=self.cassandra,
+            documentdb=self.documentdb,
+            phases=self.phases,
+            repairs=self.queue,
+            rng=random.Random(config.seed),
+        )
+        self.report = RehearsalReport(phases=[])
+        self.fault_rng = random.Random(config.seed + 1)
+        self.traffic = _Traffic(self.repo, config)
+        self.worker = RepairWorker(
+            cassandra=self.cassandra,
+            documentdb=self.documentdb,
+            queue=self.queue,
+            telemetry=self.repo.telemetry,
             retry_delay_seconds=0.01,
         )
-        traffic = _Traffic(repo, config)
-        previous: Phase | None = None
-        for phase in SCHEDULE:
-            if previous is Phase.DOCDB_ONLY:
-                # Rolling back from DOCDB_ONLY: Cassandra missed those writes.
-                report.reverse_copied += (
-                    await reconcile(documentdb, cassandra, repair=True)
-                ).repaired
-            phases.phase = phase
-            if previous is Phase.CASSANDRA_ONLY and phase is Phase.DUAL_WRITE:
-                # Dual-writes are on: copy the history (the backfill's job).
-                report.history_copied += (
-                    await reconcile(cassandra, documentdb, repair=True)
-                ).repaired
-            secondary = PHASE_PLANS[phase].secondary
-            if secondary is not None:
-                target = cassandra if secondary.value == "cassandra" else documentdb
-                for op in ("save", "delete"):
-                    target.fail_randomly(
-                        config.fault_rate, operation=op, seed=fault_rng.getrandbits(32)
-                    )
-            stats = PhaseStats(phase)
-            await traffic.run_phase(stats, config.ops_per_phase, config.writers)
-            cassandra.heal()
-            documentdb.heal()
-            # The on-call runbook drains repairs before each flip; so does the rehearsal.
-            await repo.wait_for_comparisons()
-            report.repairs_copied += (await worker.drain()).copied
-            report.phases.append(stats)
-            previous = phase
-        final = await reconcile(cassandra, documentdb)
-        report.keys_checked = final.keys
-        report.diverged_keys = final.differences
-        records = (cassandra.inner.records(), documentdb.inner.records())
-        for sid, (revision, deleted) in traffic.acked.items():
-            for held in records:
-                record = held.get(sid)
+
+    async def run(self) -> RehearsalReport:
+        async with self.repo, self.checkpoints:
+            await self._seed_history()
+            previous: Phase | None = None
+            for phase in SCHEDULE:
+                self.phases.phase = phase
+                self._inject_faults(phase)
+                stats = PhaseStats(phase)
+                traffic = self.traffic.run_phase(
+                    stats, self.config.ops_per_phase, self.config.writers
+                )
+                if previous is Phase.CASSANDRA_ONLY and phase is Phase.DUAL_WRITE:
+                    # Dual-writes are on: copy the history while the service writes.
+                    _, copied = await asyncio.gather(traffic, self._backfill(forward=True))
+                    self.report.history_copied = copied.counts["sessions"]
+                    self.report.history_copied += copied.counts["tombstones"]
+                    self.report.backfill_sessions_per_second = copied.sessions_per_second
+                elif previous is Phase.DOCDB_ONLY:
+                    # Rolled back to RAMPDOWN: Cassandra missed the DOCDB_ONLY writes.
+                    _, copied = await asyncio.gather(traffic, self._backfill(forward=False))
+                    self.report.reverse_copied = copied.counts["sessions"]
+                    self.report.reverse_copied += copied.counts["tombstones"]
+                else:
+                    await traffic
+                await self._settle()
+                if previous is Phase.CASSANDRA_ONLY and phase is Phase.DUAL_WRITE:
+                    await self._verify("after the backfill", forward=True)
+                elif previous is Phase.DOCDB_ONLY:
+                    await self._verify("after the reverse backfill", forward=False)
+                elif phase is Phase.RAMPDOWN and previous is Phase.DOCDB_PRIMARY:
+                    await self._verify("before stepping to DOCDB_ONLY", forward=False)
+                self.report.phases.append(stats)
+                previous = phase
+            await self._final_check()
+        return self.report
+
+    async def _seed_history(self) -> None:
+        clock = HybridClock()
+        rng = random.Random(self.config.seed + 2)
+        for i in range(self.config.history):
+            sid = uuid.UUID(int=rng.getrandbits(128))
+            session = self.traffic.session(sid).model_copy(update={"revision": clock.next()})
+            await self.cassandra.save(session)
+            self.traffic.ack(sid, session.revision, False)
+            if i % 10 == 9:
+                revision = clock.next()
+                await self.cassandra.delete(sid, revision)
+                self.traffic.ack(sid, revision, True)
+        self.report.history_seeded = self.config.history
+
+    def _inject_faults(self, phase: Phase) -> None:
+        secondary = PHASE_PLANS[phase].secondary
+        if secondary is None:
+            return
+        target = self.cassandra if secondary.value == "cassandra" else self.documentdb
+        for op in ("save", "delete"):
+            target.fail_randomly(
+                self.config.fault_rate, operation=op, seed=self.fault_rng.getrandbits(32)
+            )
+
+    async def _settle(self) -> None:
+        self.cassandra.heal()
+        self.documentdb.heal()
+        # The on-call runbook drains repairs before each flip; so does the rehearsal.
+        await self.repo.wait_for_comparisons()
+        self.report.repairs_copied += (await self.worker.drain()).copied
+
+    def _pair(self, forward: bool) -> tuple[SessionBackend, SessionBackend]:
+        if forward:
+            return self.cassandra, self.documentdb
+        return self.documentdb, self.cassandra
+
+    async def _backfill(self, *, forward: bool) -> JobReport:
+        source, target = self._pair(forward)
+        job = BackfillJob(
+            source,
+            target,
+            name=f"rehearsal-backfill-{source.name}",
+            checkpoints=self.checkpoints,
+            retry=_FAST_RETRY,
+            page_size=50,
+        )
+        return await job.run(job.plan(parts=self.config.parts))
+
+    async def _verify(self, when: str, *, forward: bool) -> None:
+        source, target = self._pair(forward)
+        job = VerifyJob(
+            source,
+            target,
+            name=f"rehearsal-verify-{len(self.report.verifications)}",
+            checkpoints=self.checkpoints,
+            retry=_FAST_RETRY,
+            strict=True,
+        )
+        report = await job.run(job.plan(parts=self.config.parts))
+        failed = len(report.failed_units) + report.units_not_run
+        self.report.verifications.append((when, report.differences + failed))
+
+    async def _final_check(self) -> None:
+        final = await reconcile(self.cassandra, self.documentdb)
+        self.report.keys_checked = final.keys
+        self.report.diverged_keys = final.differences
+        for sid, (revision, deleted) in self.traffic.acked.items():
+            for store in (self.cassandra, self.documentdb):
+                record = await store.get(sid)
                 if record is None or record.revision != revision or record.deleted != deleted:
-                    report.lost_writes += 1
-        stats_ = repo.stats
-        report.operations = sum(p.operations for p in report.phases)
-        report.faults_injected = cassandra.injected + documentdb.injected
-        report.divergences_seen = stats_.divergences
-        report.repairs_enqueued = stats_.repairs_enqueued
-    return report
+                    self.report.lost_writes += 1
+        stats = self.repo.stats
+        self.report.operations = sum(p.operations for p in self.report.phases)
+        self.report.faults_injected = self.cassandra.injected + self.documentdb.injected
+        self.report.divergences_seen = stats.divergences
+        self.report.repairs_enqueued = stats.repairs_enqueued

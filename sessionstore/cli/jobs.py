@@ -1,0 +1,427 @@
+"""``sessionstore backfill`` and ``sessionstore verify``: the resumable whole-table jobs.
+
+Every input is checked before any store is written: the id file, ranges, shard, job
+name and checkpoint, the connection settings, then a read-only probe of both stores
+(reachability, credentials, schema) and a check that the source is not empty (a
+mistyped keyspace or database). Only then does the job start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import sys
+import uuid
+from typing import Any
+
+from sessionstore.backends.base import SessionBackend
+from sessionstore.cli import _common as common
+from sessionstore.cli._common import CommandError
+from sessionstore.cli.progress import ProgressBar
+from sessionstore.jobs.backfill import BackfillJob
+from sessionstore.jobs.checkpoint import SqliteCheckpointStore
+from sessionstore.jobs.engine import JobReport
+from sessionstore.jobs.settings import ConnectionSettings
+from sessionstore.jobs.throttle import RetryPolicy
+from sessionstore.jobs.units import (
+    STORE_KEY_SPACES,
+    JobAction,
+    WorkUnit,
+    check_job_name,
+    parse_range,
+    parse_shard,
+    plan_fingerprint,
+    plan_ids,
+    plan_ranges,
+    read_id_file,
+    shard,
+)
+from sessionstore.jobs.verify import VerifyJob
+from sessionstore.phases import Store
+
+__all__ = ["add_parsers", "command", "make_backend"]
+
+DEFAULT_CHECKPOINT = "sessionstore-checkpoints.db"
+
+
+def make_backend(settings: ConnectionSettings, store: Store) -> SessionBackend:
+    """The unopened backend of ``store`` (tests replace this to run on fakes)."""
+    return settings.backend(store)
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``backfill`` and ``verify``."""
+    backfill = sub.add_parser(
+        "backfill",
+        help="copy every session from one store to the other (resumable, throttled)",
+        description="Copy every session (or the ids in a file) from --source to the other "
+        "store, under the revision rule: never overwrites newer data, safe to re-run.",
+    )
+    verify = sub.add_parser(
+        "verify",
+        help="compare the two stores and report (or --repair) the differences",
+        description="Compare every session (or a sample, or an id list) of --source with "
+        "the other store; report counts by kind and the differing field names.",
+    )
+    for parser in (backfill, verify):
+        _add_job_flags(parser)
+    verify.add_argument(
+        "--repair", action="store_true", help="fix differences from the source's side"
+    )
+    verify.add_argument(
+        "--sample", type=common.ratio, default=1.0, metavar="RATIO", help="share of keys (1)"
+    )
+    verify.add_argument(
+        "--no-target-scan",
+        action="store_true",
+        help="skip the pass that finds keys only the target holds",
+    )
+    verify.add_argument(
+        "--strict", action="store_true", help="also fail on 'newer in target' (quiet writes)"
+    )
+
+
+def _add_job_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True, type=common.store_choice, metavar="STORE")
+    parser.add_argument(
+        "--target", type=common.store_choice, metavar="STORE", help="the other store"
+    )
+    what = parser.add_argument_group("what to process (default: every key range)")
+    inputs = what.add_mutually_exclusive_group()
+    inputs.add_argument("--ids", metavar="FILE", help="session ids, one per line")
+    inputs.add_argument(
+        "--range",
+        action="append",
+        dest="ranges",
+        metavar="START:END",
+        help="only this key range of the source (repeatable; write --range=-5:9)",
+    )
+    what.add_argument("--parts", type=common.positive_int, default=256, help="units per range")
+    what.add_argument("--batch", type=common.positive_int, default=500, help="ids per unit")
+    what.add_argument("--shard", metavar="i/N", help="run only shard i of N (0-based)")
+    run = parser.add_argument_group("checkpoints and throttling")
+    run.add_argument("--job", metavar="NAME", help="job name that checkpoints are kept under")
+    run.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        default=str(common.env_path("SESSIONSTORE_CHECKPOINT_FILE", DEFAULT_CHECKPOINT)),
+        help=f"SQLite checkpoint file ({DEFAULT_CHECKPOINT})",
+    )
+    run.add_argument("--restart", action="store_true", help="forget the job's checkpoints")
+    run.add_argument("--concurrency", type=common.positive_int, default=4, help="units at once")
+    run.add_argument(
+        "--rate", type=common.positive_float, metavar="N", help="sessions/s ceiling (none)"
+    )
+    run.add_argument("--page-size", type=common.positive_int, default=100)
+    run.add_argument("--max-in-flight", type=common.positive_int, default=32)
+    run.add_argument(
+        "--retries", type=common.positive_int, default=6, help="attempts per request (6)"
+    )
+    run.add_argument(
+        "--print-units", action="store_true", help="print the units as JSON lines and exit"
+    )
+    run.add_argument(
+        "--dry-run", action="store_true", help="check inputs and stores, write nothing"
+    )
+    run.add_argument(
+        "--allow-empty-source", action="store_true", help="run even if the source is empty"
+    )
+    common.add_output_flags(parser)
+    common.add_connection_flags(parser)
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run ``backfill`` or ``verify``; returns the exit code."""
+    common.setup_logging(args.verbose)
+    hint = (
+        f"completed units are checkpointed in {args.checkpoint}; "
+        "run the same command again to resume"
+    )
+    return common.run(_run(args), interrupted_hint=hint)
+
+
+def _default_job_name(args: argparse.Namespace, action: JobAction, ids: list[Any] | None) -> str:
+    source: Store = args.source
+    if action is JobAction.VERIFY:
+        # A fresh name per run (a verify is re-run to check again); --job resumes one.
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        return f"verify-{source}-vs-{source.other}-{stamp}-{uuid.uuid4().hex[:6]}"
+    name = f"backfill-{source}-to-{source.other}"
+    if ids:
+        digest = hashlib.sha256(b"".join(i.bytes for i in ids)).hexdigest()[:8]
+        name += f"-ids-{digest}"
+    elif args.ranges:
+        digest = hashlib.sha256(" ".join(args.ranges).encode()).hexdigest()[:8]
+        name += f"-ranges-{digest}"
+    return name
+
+
+def _static_plan(
+    args: argparse.Namespace, action: JobAction, name: str, ids: list[Any] | None
+) -> list[WorkUnit]:
+    """The plan from the stores' known key spaces, without connecting (--print-units)."""
+    source: Store = args.source
+    options: dict[str, Any] = {}
+    if action is JobAction.VERIFY:
+        options = {"repair": args.repair, "sample": args.sample}
+    if ids:
+        return plan_ids(ids, args.batch, job=name, action=action, source=source, **options)
+    ranges = [parse_range(t) for t in args.ranges] if args.ranges else None
+    units = plan_ranges(
+        STORE_KEY_SPACES[source],
+        args.parts,
+        job=name,
+        action=action,
+        source=source,
+        ranges=ranges,
+        **options,
+    )
+    if action is JobAction.VERIFY and not args.no_target_scan and not ranges:
+        units += plan_ranges(
+            STORE_KEY_SPACES[source.other],
+            args.parts,
+            job=name,
+            action=action,
+            source=source,
+            scan=source.other,
+            **options,
+        )
+    return units
+
+
+def _build_job(
+    *,
+    args: argparse.Namespace,
+    action: JobAction,
+    name: str,
+    source: SessionBackend,
+    target: SessionBackend,
+    checkpoints: SqliteCheckpointStore,
+    progress: ProgressBar,
+) -> BackfillJob | VerifyJob:
+    options: dict[str, Any] = {
+        "name": name,
+        "checkpoints": checkpoints,
+        "concurrency": args.concurrency,
+        "rate": args.rate,
+        "page_size": args.page_size,
+        "max_in_flight": args.max_in_flight,
+        "retry": RetryPolicy(attempts=args.retries),
+        "source_store": args.source,
+        "progress": progress,
+    }
+    if action is JobAction.BACKFILL:
+        return BackfillJob(source, target, **options)
+    return VerifyJob(
+        source,
+        target,
+        repair=args.repair,
+        sample=args.sample,
+        scan_target=not args.no_target_scan,
+        strict=args.strict,
+        **options,
+    )
+
+
+async def _run(args: argparse.Namespace) -> int:
+    action = JobAction(args.command)
+    source_store: Store = args.source
+    target_store = source_store.other
+    if args.target is not None and args.target is not target_store:
+        raise CommandError(common.EXIT_USAGE, "--target must be the other store than --source")
+    if action is JobAction.VERIFY and args.sample <= 0:
+        raise CommandError(common.EXIT_USAGE, "--sample must be above 0")
+    # Inputs first: nothing below this block runs on bad input.
+    ids = read_id_file(args.ids) if args.ids else None
+    shard_spec = parse_shard(args.shard) if args.shard else None
+    name = check_job_name(args.job or _default_job_name(args, action, ids))
+    static_plan = _static_plan(args, action, name, ids)  # validates --range, --parts
+    if args.print_units:
+        units = shard(static_plan, *shard_spec) if shard_spec else static_plan
+        for unit in units:
+            print(unit.to_json())
+        return common.EXIT_OK
+
+    settings = common.connection_settings(args)
+    source = target = None
+    try:
+        source = make_backend(settings, source_store)
+        target = make_backend(settings, target_store)
+        checkpoints = SqliteCheckpointStore(args.checkpoint)
+        enabled = not args.no_progress and sys.stderr.isatty()
+        bar = ProgressBar(f"{action} {source_store}->{target_store}", enabled=enabled)
+        job = _build_job(
+            args=args,
+            action=action,
+            name=name,
+            source=source,
+            target=target,
+            checkpoints=checkpoints,
+            progress=bar,
+        )
+        plan = (
+            job.plan_ids(ids, batch=args.batch)
+            if ids
+            else job.plan(
+                parts=args.parts,
+                ranges=[parse_range(t) for t in args.ranges] if args.ranges else None,
+            )
+        )
+        fingerprint = plan_fingerprint(plan)
+        units = shard(plan, *shard_spec) if shard_spec else plan
+        async with checkpoints:
+            known = await checkpoints.job_fingerprint(name)
+            if known is not None and known != fingerprint and not args.restart:
+                raise CommandError(
+                    common.EXIT_USAGE,
+                    f"job {name!r} in {args.checkpoint} was planned with other input; resume "
+                    "it with the same arguments, add --restart, or choose another --job",
+                )
+            _header(
+                args=args,
+                action=action,
+                name=name,
+                settings=settings,
+                planned=len(plan),
+                running=len(units),
+            )
+            await common.probe(source, "source", settings.describe(source_store))
+            await common.probe(target, "target", settings.describe(target_store))
+            await _check_source_not_empty(args, source, settings.describe(source_store))
+            if args.dry_run:
+                common.info("dry run: inputs and stores are fine; nothing was written")
+                return common.EXIT_OK
+            if action is JobAction.BACKFILL or args.repair:
+                await _ensure_indexes(target)
+            try:
+                report = await job.run(units, fingerprint=fingerprint, restart=args.restart)
+            finally:
+                bar.close()
+    finally:
+        await common.aclose_all(source, target)
+    _output(args, report, settings)
+    strict = action is JobAction.VERIFY and args.strict
+    return common.EXIT_OK if report.ok(strict=strict) else common.EXIT_FAILED
+
+
+def _header(
+    *,
+    args: argparse.Namespace,
+    action: JobAction,
+    name: str,
+    settings: ConnectionSettings,
+    planned: int,
+    running: int,
+) -> None:
+    shard_note = f", shard {args.shard}: {running} units" if args.shard else ""
+    common.info(
+        f"{action} {args.source} -> {args.source.other}: job {name!r}, {planned} units"
+        f"{shard_note}, checkpoints in {args.checkpoint}"
+    )
+    common.info(f"  source: {settings.describe(args.source)}")
+    common.info(f"  target: {settings.describe(args.source.other)}")
+
+
+async def _check_source_not_empty(
+    args: argparse.Namespace, source: SessionBackend, where: str
+) -> None:
+    if args.allow_empty_source:
+        return
+    page = await source.scan(source.key_space, limit=1)
+    if not page.records and page.cursor is None:
+        raise CommandError(
+            common.EXIT_USAGE,
+            f"the source {where} holds no sessions: check the keyspace/table or "
+            "database/collection names (or pass --allow-empty-source); nothing was changed",
+        )
+
+
+async def _ensure_indexes(backend: SessionBackend) -> None:
+    # DocumentDB's TTL index on tombstones; a no-op elsewhere and on repeated runs.
+    ensure = getattr(backend, "ensure_indexes", None)
+    if callable(ensure):
+        await ensure()
+
+
+def _output(args: argparse.Namespace, report: JobReport, settings: ConnectionSettings) -> None:
+    data = report.to_dict()
+    data["checkpoint"] = str(args.checkpoint)
+    data["source_location"] = settings.describe(report.source)
+    data["target_location"] = settings.describe(report.target)
+    common.write_json(data, to_stdout=args.json, path=args.report)
+    if not args.json:
+        print(format_report(report))
+
+
+def format_report(report: JobReport) -> str:
+    """The readable summary table of a backfill or verify report."""
+    c = report.counts
+    lines = [
+        f"{report.action} {report.source} -> {report.target}, job {report.job!r}",
+        f"units: {report.units_planned} planned, {report.units_run} run now, "
+        f"{report.units_skipped} already done, {len(report.failed_units)} failed, "
+        f"{report.units_not_run} not run",
+    ]
+    rows: list[tuple[str, int | str]]
+    if report.action is JobAction.BACKFILL:
+        rows = [
+            ("sessions copied", c["sessions"]),
+            ("tombstones copied", c["tombstones"]),
+            ("ids absent from the source", c["absent"]),
+            ("records read", c["records"]),
+        ]
+    else:
+        options = report.options
+        lines.append(
+            f"sample {options.get('sample', 1.0):.0%}, repair "
+            f"{'on' if options.get('repair') else 'off'}, target scanned for extra keys: "
+            f"{'yes' if options.get('scan_target') else 'no'}"
+        )
+        rows = [
+            ("sessions compared", c["checked"]),
+            ("missing in target", c["missing"]),
+            ("stale in target", c["stale"]),
+            ("newer in target (expected while dual-writing)", c["newer"]),
+            ("  of which only in target", c["only_in_target"]),
+            ("same revision, different content", c["content_mismatch"]),
+            ("deleted in one store only", c["deleted_in_one"]),
+        ]
+        if options.get("repair"):
+            rows += [
+                ("repaired", c["repaired"]),
+                ("fixed meanwhile by other writes", c["resolved"]),
+                ("repair refused by a store", c["repair_failed"]),
+            ]
+    rate = f"{report.elapsed_seconds:.1f} s ({report.sessions_per_second:,.0f} sessions/s)"
+    rows += [
+        ("elapsed this run", rate),
+        ("retried requests", f"{report.retries} (rate lowered {report.back_offs} times)"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        text = f"{value:,}" if isinstance(value, int) else value
+        lines.append(f"{label:<{width}}  {text:>12}")
+    if report.action is JobAction.VERIFY and report.fields:
+        fields = ", ".join(f"{f} ({n:,})" for f, n in report.fields.most_common())
+        lines.append(f"differing fields: {fields}")
+    for unit_id, reason in sorted(report.failed_units.items())[:10]:
+        lines.append(f"failed unit {unit_id}: {reason}")
+    if len(report.failed_units) > 10:
+        lines.append(f"... and {len(report.failed_units) - 10} more failed units")
+    if report.stopped:
+        lines.append(report.stopped)
+    lines.append("result: " + _verdict(report))
+    return "\n".join(lines)
+
+
+def _verdict(report: JobReport) -> str:
+    strict = bool(report.options.get("strict"))
+    if report.ok(strict=strict):
+        return "OK"
+    if not report.complete:
+        return "INCOMPLETE: run the same command again to resume"
+    if report.action is JobAction.VERIFY:
+        remaining = report.unresolved + (report.counts["newer"] if strict else 0)
+        return f"DIFFERENCES: {remaining:,} not resolved"
+    return "FAILED"

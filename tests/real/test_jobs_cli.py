@@ -1,0 +1,257 @@
+"""The command line on the real servers: verify finds and repairs each kind of seeded
+difference (both directions), bad input changes nothing, repair drains a queue, and the
+rehearsal runs on a scratch table and collection.
+
+These tests call ``main()`` in-process (no event loop of their own), so they are plain
+functions that set up the stores with ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sessionstore import SessionStatus, SqliteRepairQueue, StoredRecord
+from sessionstore.cli.main import main
+from tests.helpers import make_session
+from tests.real.cassandra_store import shared_session
+from tests.real.jobs_support import (
+    Names,
+    all_records,
+    create_names,
+    drop_names,
+    open_pair,
+    seed_cassandra,
+)
+from tests.real.servers import MONGODB_URI
+
+pytestmark = pytest.mark.real
+
+SECRET = "wr0ng-Passw0rd"
+
+
+@pytest.fixture
+def names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Names]:
+    created = asyncio.run(create_names())
+    for key, value in created.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)  # the default checkpoint file lands here
+    try:
+        yield created
+    finally:
+        asyncio.run(drop_names(created))
+
+
+def _run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+    code = main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+async def _seed_differences(names: Names) -> dict[str, StoredRecord]:
+    """Ten consistent keys, and the kinds of difference; returns the source record per kind."""
+    seeded: dict[str, StoredRecord] = {}
+    async with open_pair(names) as pair:
+        c, d = pair.cassandra, pair.documentdb
+        for _ in range(10):
+            s = make_session(revision=50)
+            await c.save(s)
+            await d.save(s)
+        missing = make_session(revision=60)
+        await c.save(missing)
+        tombstone = uuid.uuid4()
+        await c.delete(tombstone, 61)
+        stale = make_session(revision=70, status=SessionStatus.GRADED)
+        await c.save(stale)
+        await d.save(stale.model_copy(update={"revision": 65, "status": SessionStatus.STARTED}))
+        newer = make_session(revision=80)
+        await c.save(newer)
+        await d.save(newer.model_copy(update={"revision": 90}))
+        only_target = make_session(revision=85)
+        await d.save(only_target)
+        conflict = make_session(revision=100)
+        await c.save(conflict)
+        await d.save(conflict.model_copy(update={"answers": ()}))
+        deleted = make_session(revision=110)
+        await c.delete(deleted.session_id, 110)
+        await d.save(deleted)
+        for kind, sid in {
+            "missing": missing.session_id,
+            "tombstone": tombstone,
+            "stale": stale.session_id,
+            "newer": newer.session_id,
+            "only_in_target": only_target.session_id,
+            "content_mismatch": conflict.session_id,
+            "deleted_in_one": deleted.session_id,
+        }.items():
+            record = await c.get(sid) or await d.get(sid)
+            assert record is not None
+            seeded[kind] = record
+    return seeded
+
+
+def test_verify_finds_each_seeded_difference_and_repair_fixes_them(
+    names: Names, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seeded = asyncio.run(_seed_differences(names))
+    verify = ["verify", "--source", "cassandra", "--parts", "4"]
+
+    code, report = _run_json(verify, capsys)
+    assert code == 1
+    assert report["differences"] == {
+        "missing": 2,  # a live session and a tombstone the target never got
+        "stale": 1,
+        "content_mismatch": 1,
+        "deleted_in_one": 1,
+        "newer": 2,  # one newer, one only in the target
+    }
+    assert report["counts"]["only_in_target"] == 1
+    assert report["counts"]["consistent"] == 10
+    assert {"answers", "status", "deleted", "revision"} <= set(report["fields"])
+
+    code, backwards = _run_json(["verify", "--source", "documentdb", "--parts", "4"], capsys)
+    assert code == 1
+    assert backwards["differences"] == {
+        "missing": 1,
+        "stale": 1,
+        "content_mismatch": 1,
+        "deleted_in_one": 1,
+        "newer": 3,
+    }
+
+    code, repaired = _run_json([*verify, "--repair"], capsys)
+    assert code == 0, repaired
+    assert repaired["counts"]["repaired"] == 5
+    assert repaired["unresolved"] == 0
+
+    code, after = _run_json([*verify, "--strict"], capsys)
+    assert code == 1  # strict: the two 'newer' keys are still reported, by design
+    assert after["unresolved"] == 0
+    assert after["differences"]["newer"] == 2
+    assert main([*verify]) == 0
+    capsys.readouterr()
+
+    async def check() -> None:
+        async with open_pair(names) as pair:
+            for kind in ("missing", "tombstone", "stale"):
+                got = await pair.documentdb.get(seeded[kind].session_id)
+                assert got == seeded[kind], kind
+            for kind in ("content_mismatch", "deleted_in_one"):
+                source = seeded[kind]
+                in_c = await pair.cassandra.get(source.session_id)
+                in_d = await pair.documentdb.get(source.session_id)
+                assert in_c == in_d, kind
+                assert in_c is not None and in_c.revision == source.revision + 1
+                assert in_c.deleted == source.deleted
+            newer = await pair.documentdb.get(seeded["newer"].session_id)
+            assert newer is not None and newer.revision == 90  # left alone
+
+    asyncio.run(check())
+
+
+def _store_state(names: Names) -> tuple[dict[uuid.UUID, StoredRecord], int]:
+    async def read() -> tuple[dict[uuid.UUID, StoredRecord], int]:
+        async with open_pair(names) as pair:
+            return await all_records(pair.cassandra), len(await all_records(pair.documentdb))
+
+    return asyncio.run(read())
+
+
+def test_bad_input_and_unreachable_stores_change_nothing(
+    names: Names,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    sessions = [StoredRecord.of(make_session(revision=10 + i)) for i in range(20)]
+    asyncio.run(seed_cassandra(names.table, sessions))
+    before = _store_state(names)
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{sessions[0].session_id}\n# fine\n{sessions[1].session_id}x\n")
+    backfill = ["backfill", "--source", "cassandra", "--parts", "4"]
+
+    assert main([*backfill, "--ids", str(ids)]) == 2
+    assert "id file line 3: not a session id" in capsys.readouterr().err
+    assert main([*backfill, f"--range=0:{2**70}"]) == 2
+    assert "outside the cassandra key space" in capsys.readouterr().err
+
+    with monkeypatch.context() as m:
+        m.setenv("SESSIONSTORE_CASSANDRA_TABLE", "no_such_table")
+        assert main(backfill) == 2
+        assert "no_such_table" in capsys.readouterr().err
+
+    with monkeypatch.context() as m:
+        uri = MONGODB_URI.replace("mongodb://", f"mongodb://intruder:{SECRET}@")
+        m.setenv("SESSIONSTORE_MONGODB_URI", uri)
+        assert main(backfill) == 3
+        err = capsys.readouterr().err
+        assert "refused the request" in err and "AuthenticationFailed" in err
+        assert SECRET not in err and "intruder:***@" in err
+
+    with monkeypatch.context() as m:
+        m.setenv("SESSIONSTORE_CASSANDRA_PORT", "1")  # nothing listens there
+        assert main([*backfill, "--request-timeout", "2"]) == 3
+        assert "cannot reach the source cassandra 127.0.0.1:1" in capsys.readouterr().err
+
+    with monkeypatch.context() as m:
+        m.setenv("SESSIONSTORE_MONGODB_URI", "mongodb://127.0.0.1:1/")
+        assert main([*backfill, "--request-timeout", "1"]) == 3
+        assert "cannot reach the target documentdb" in capsys.readouterr().err
+
+    assert _store_state(names) == before  # nothing was written anywhere
+    assert before[1] == 0
+
+
+def test_repair_command_drains_a_queue_against_the_real_stores(
+    names: Names, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    sessions = [StoredRecord.of(make_session(revision=10 + i)) for i in range(8)]
+    asyncio.run(seed_cassandra(names.table, sessions))
+    queue = tmp_path / "repairs.db"
+
+    async def enqueue() -> None:
+        async with SqliteRepairQueue(queue) as q:
+            for record in sessions[:5]:
+                await q.enqueue(record.session_id, "secondary_write_failed")
+
+    asyncio.run(enqueue())
+    code, report = _run_json(["repair", "--queue", str(queue)], capsys)
+    assert code == 0
+    assert (report["copied"], report["remaining"]) == (5, 0)
+    _, documentdb_count = _store_state(names)
+    assert documentdb_count == 5
+
+
+def test_rehearse_on_the_real_servers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from tests.real.cassandra_store import TEST_KEYSPACE
+    from tests.real.documentdb_store import TEST_DATABASE
+    from tests.real.servers import CASSANDRA_HOSTS, CASSANDRA_PORT
+
+    async def keyspace() -> None:
+        await shared_session()  # creates the test keyspace
+
+    asyncio.run(keyspace())
+    env = {
+        "SESSIONSTORE_CASSANDRA_HOSTS": ",".join(CASSANDRA_HOSTS),
+        "SESSIONSTORE_CASSANDRA_PORT": str(CASSANDRA_PORT),
+        "SESSIONSTORE_CASSANDRA_KEYSPACE": TEST_KEYSPACE,
+        "SESSIONSTORE_CASSANDRA_PROTOCOL_VERSION": "5",
+        "SESSIONSTORE_MONGODB_URI": MONGODB_URI,
+        "SESSIONSTORE_DOCUMENTDB_DATABASE": TEST_DATABASE,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    argv = ["rehearse", "--real", "--keys", "40", "--ops-per-phase", "60"]
+    argv += ["--history", "60", "--parts", "4", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True
+    assert report["history_copied"] > 0 and report["reverse_copied"] > 0
+    assert [v["differences"] for v in report["verifications"]] == [0, 0, 0]

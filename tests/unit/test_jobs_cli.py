@@ -1,0 +1,309 @@
+"""The command line on in-memory stores: reports, exit codes, bad input, secrets, phase."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sessionstore import (
+    BackendRejectedError,
+    InMemoryBackend,
+    Phase,
+    SqliteRepairQueue,
+    StoredRecord,
+)
+from sessionstore.cli import jobs as cli_jobs
+from sessionstore.cli import phase as cli_phase
+from sessionstore.cli.main import main
+from sessionstore.jobs import WorkUnit
+from sessionstore.jobs.settings import ConnectionSettings
+from sessionstore.phases import Store
+from sessionstore.testing import FaultInjectingBackend, launchdarkly_test_client
+from tests.helpers import make_session
+
+SECRET = "hunter2-s3cret"
+
+
+class _Kept(FaultInjectingBackend):
+    """A store whose data outlives one command (closing it does not close the data)."""
+
+    async def _close(self) -> None:
+        return None
+
+
+class Fakes:
+    def __init__(self) -> None:
+        self.data = {s: InMemoryBackend(name=s.value) for s in Store}
+        self.built: list[Store] = []
+        self.faults: dict[Store, type[Exception]] = {}
+
+    def factory(self, settings: ConnectionSettings, store: Store) -> _Kept:
+        self.built.append(store)
+        backend = _Kept(self.data[store])
+        if store in self.faults:
+            backend.go_down(error=self.faults[store])  # type: ignore[arg-type]
+        return backend
+
+    def seed(self, store: Store, n: int) -> list[uuid.UUID]:
+        async def go() -> list[uuid.UUID]:
+            backend = self.data[store]
+            await backend.__aenter__()
+            sessions = [make_session(revision=100 + i, metadata={"note": SECRET}) for i in range(n)]
+            for s in sessions:
+                await backend.save(s)
+            return [s.session_id for s in sessions]
+
+        return asyncio.run(go())
+
+    def records(self, store: Store) -> dict[uuid.UUID, StoredRecord]:
+        return self.data[store].records()
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Fakes:
+    f = Fakes()
+    monkeypatch.setattr(cli_jobs, "make_backend", f.factory)
+    monkeypatch.chdir(tmp_path)
+    for name in ("SESSIONSTORE_CASSANDRA_KEYSPACE", "SESSIONSTORE_MONGODB_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SESSIONSTORE_DOCUMENTDB_DATABASE", "assessments")
+    monkeypatch.setenv("SESSIONSTORE_MONGODB_URI", f"mongodb://app:{SECRET}@docdb:27017/")
+    return f
+
+
+def _json(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    out = capsys.readouterr().out
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def test_backfill_then_resume_then_verify(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
+    fakes.seed(Store.CASSANDRA, 40)
+    assert main(["backfill", "--source", "cassandra", "--parts", "8", "--json"]) == 0
+    first = _json(capsys)
+    assert first["counts"]["sessions"] == 40
+    assert first["units"] == {"planned": 8, "run": 8, "skipped": 0, "failed": 0, "not_run": 0}
+    assert fakes.records(Store.DOCUMENTDB) == fakes.records(Store.CASSANDRA)
+
+    assert main(["backfill", "--source", "cassandra", "--parts", "8", "--json"]) == 0
+    again = _json(capsys)
+    assert (again["units"]["run"], again["units"]["skipped"]) == (0, 8)
+    assert again["counts"] == first["counts"]
+
+    assert main(["verify", "--source", "cassandra", "--parts", "4", "--strict", "--json"]) == 0
+    verified = _json(capsys)
+    assert verified["differences"] == dict.fromkeys(
+        ("missing", "stale", "content_mismatch", "deleted_in_one", "newer"), 0
+    )
+    assert verified["counts"]["checked"] == 40
+
+
+def test_verify_exit_codes_and_repair(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fakes.seed(Store.CASSANDRA, 10)
+    assert main(["verify", "--source", "cassandra", "--report", str(tmp_path / "r.json")]) == 1
+    out = capsys.readouterr().out
+    assert "missing in target" in out and "DIFFERENCES: 10 not resolved" in out
+    assert SECRET not in out
+    assert json.loads((tmp_path / "r.json").read_text())["differences"]["missing"] == 10
+    assert main(["verify", "--source", "cassandra", "--repair"]) == 0
+    assert "repaired" in capsys.readouterr().out
+    assert fakes.records(Store.DOCUMENTDB) == fakes.records(Store.CASSANDRA)
+
+
+def test_print_units_touches_no_store_and_shards_partition(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["backfill", "--source", "cassandra", "--parts", "16", "--print-units"]
+    assert main(argv) == 0
+    units = [WorkUnit.from_json(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(units) == 16
+    assert units[0].start == -(2**63) and units[-1].end == 2**63
+    shards = []
+    for i in range(3):
+        assert main([*argv, "--shard", f"{i}/3"]) == 0
+        shards += capsys.readouterr().out.splitlines()
+    assert sorted(shards) == sorted(u.to_json() for u in units)
+    assert fakes.built == []
+
+
+def test_id_file_backfill(fakes: Fakes, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    ids = fakes.seed(Store.DOCUMENTDB, 20)
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(str(i) for i in ids[:5]) + f"\n{uuid.uuid4()}\n")
+    assert main(["backfill", "--source", "documentdb", "--ids", str(path), "--json"]) == 0
+    report = _json(capsys)
+    assert (report["counts"]["sessions"], report["counts"]["absent"]) == (5, 1)
+    assert report["job"].startswith("backfill-documentdb-to-cassandra-ids-")
+    assert set(fakes.records(Store.CASSANDRA)) == set(ids[:5])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--ids", "{ids}"], "line 2:"),
+        (["--ids", "missing-file.txt"], "cannot read id file"),
+        (["--range=0:99999999999999999999999999"], "outside the cassandra key space"),
+        (["--range", "5"], "not START:END"),
+        (["--shard", "4/4"], "needs 0 <= i < N"),
+        (["--target", "cassandra"], "other store"),
+        (["--job", "no spaces please"], "job name"),
+    ],
+)
+def test_bad_input_exits_two_before_any_store_is_built(
+    fakes: Fakes,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    argv: list[str],
+    message: str,
+) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{uuid.uuid4()}\nnot-an-id\n")
+    argv = [a.format(ids=ids) for a in argv]
+    assert main(["backfill", "--source", "cassandra", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "not-an-id" not in err
+    assert fakes.built == []
+    assert fakes.records(Store.DOCUMENTDB) == {}
+
+
+@pytest.mark.parametrize("error", [BackendRejectedError, Exception])
+def test_unreachable_or_refusing_stores_exit_three_and_change_nothing(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str], error: type[Exception]
+) -> None:
+    from sessionstore import BackendUnavailableError
+
+    fakes.seed(Store.CASSANDRA, 5)
+    fakes.faults[Store.DOCUMENTDB] = BackendUnavailableError if error is Exception else error
+    assert main(["backfill", "--source", "cassandra", "--parts", "2"]) == 3
+    err = capsys.readouterr().err
+    expected = "refused the request" if error is BackendRejectedError else "cannot reach the target"
+    assert expected in err
+    assert SECRET not in err
+    assert "app:***@docdb" in err
+    assert fakes.records(Store.DOCUMENTDB) == {}
+
+
+def test_empty_source_and_mismatched_resume_exit_two(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["backfill", "--source", "cassandra"]) == 2
+    assert "holds no sessions" in capsys.readouterr().err
+    fakes.seed(Store.CASSANDRA, 3)
+    assert main(["backfill", "--source", "cassandra", "--parts", "4", "--job", "bf"]) == 0
+    capsys.readouterr()
+    assert main(["backfill", "--source", "cassandra", "--parts", "5", "--job", "bf"]) == 2
+    assert "planned with other input" in capsys.readouterr().err
+    assert (
+        main(["backfill", "--source", "cassandra", "--parts", "5", "--job", "bf", "--restart"]) == 0
+    )
+
+
+def test_dry_run_writes_nothing(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
+    fakes.seed(Store.CASSANDRA, 3)
+    assert main(["backfill", "--source", "cassandra", "--dry-run"]) == 0
+    assert "nothing was written" in capsys.readouterr().err
+    assert fakes.records(Store.DOCUMENTDB) == {}
+
+
+def test_settings_errors_exit_two_without_echoing_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SESSIONSTORE_MONGODB_URI", f"mongodb://app:{SECRET}@docdb/")
+    monkeypatch.delenv("SESSIONSTORE_CASSANDRA_KEYSPACE", raising=False)
+    monkeypatch.setenv("SESSIONSTORE_DOCUMENTDB_DATABASE", "assessments")
+    assert main(["backfill", "--source", "cassandra"]) == 2
+    err = capsys.readouterr().err
+    assert "SESSIONSTORE_CASSANDRA_KEYSPACE" in err and SECRET not in err
+    monkeypatch.setenv("SESSIONSTORE_CASSANDRA_PORT", SECRET)
+    assert main(["verify", "--source", "documentdb"]) == 2
+    err = capsys.readouterr().err
+    assert "SESSIONSTORE_CASSANDRA_PORT" in err and SECRET not in err
+
+
+def test_repair_command_drains_the_queue(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ids = fakes.seed(Store.CASSANDRA, 6)
+    path = tmp_path / "repairs.db"
+
+    async def queue_them() -> None:
+        async with SqliteRepairQueue(path) as queue:
+            for sid in ids:
+                await queue.enqueue(sid, "secondary_write_failed")
+
+    asyncio.run(queue_them())
+    assert main(["repair", "--queue", str(path), "--json"]) == 0
+    report = _json(capsys)
+    assert (report["copied"], report["remaining"], report["queued_before"]) == (6, 0, 6)
+    assert fakes.records(Store.DOCUMENTDB) == fakes.records(Store.CASSANDRA)
+    assert main(["repair", "--queue", str(tmp_path / "nope.db")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_phase_table_and_session_phases(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["phase"]) == 0
+    table = capsys.readouterr().out
+    assert all(p.name in table and p.value in table for p in Phase)
+
+    client, _ = launchdarkly_test_client("session-store-migration", Phase.DOCDB_PRIMARY)
+    monkeypatch.setattr(cli_phase, "make_ld_client", lambda key, timeout: client)
+    monkeypatch.setenv("LAUNCHDARKLY_SDK_KEY", SECRET)
+    sid = uuid.uuid4()
+    assert main(["phase", str(sid), "--json"]) == 0
+    data = _json(capsys)
+    assert data["sessions"] == [
+        {"session_id": str(sid), "phase": "DOCDB_PRIMARY", "stage": "live", "fallback": False}
+    ]
+
+    other, _ = launchdarkly_test_client("another-flag", Phase.SHADOW)
+    monkeypatch.setattr(cli_phase, "make_ld_client", lambda key, timeout: other)
+    assert main(["phase", str(sid), "--default-phase", "DUAL_WRITE"]) == 0
+    out = capsys.readouterr().out
+    assert "DUAL_WRITE" in out and "default phase" in out and SECRET not in out
+
+
+def test_phase_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["phase", "not-a-uuid"]) == 2
+    monkeypatch.delenv("LAUNCHDARKLY_SDK_KEY", raising=False)
+    assert main(["phase", str(uuid.uuid4())]) == 2
+    assert "LAUNCHDARKLY_SDK_KEY" in capsys.readouterr().err
+
+    class Offline:
+        def is_initialized(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setenv("LAUNCHDARKLY_SDK_KEY", SECRET)
+    monkeypatch.setattr(cli_phase, "make_ld_client", lambda key, timeout: Offline())
+    assert main(["phase", str(uuid.uuid4()), "--timeout", "0.1"]) == 3
+    err = capsys.readouterr().err
+    assert "did not initialize" in err and SECRET not in err
+
+
+def test_cli_rehearse_reports_the_backfill_and_verifications(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["rehearse", "--keys", "40", "--ops-per-phase", "60", "--history", "80", "--json"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True
+    assert data["history_seeded"] == 80 and data["history_copied"] > 0
+    assert data["reverse_copied"] > 0
+    assert [v["when"] for v in data["verifications"]] == [
+        "after the backfill",
+        "before stepping to DOCDB_ONLY",
+        "after the reverse backfill",
+    ]
+    assert all(v["differences"] == 0 for v in data["verifications"])
