@@ -63,6 +63,19 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks on the real servers vs raw-driver baselines: bench-results/bench.json.
+
+    Starts the servers like ``tests`` (``up`` is a no-op when they already run) and leaves
+    them running: other sessions or people may be using them. ``nox -s bench -- --quick``
+    is a smoke run; any other arguments go to ``python -m benchmarks``.
+    """
+    session.install("-e", ".[all,bench]")
+    session.run("python", SERVERS, "up", external=True)
+    session.run("python", "-m", "benchmarks", "--out", "bench-results/bench.json", *session.posargs)
+
+
+@nox.session
 def rehearse(session: nox.Session) -> None:
     """The main job on its embedded default: a migration rehearsal on in-memory stores."""
     session.install("-e", ".[cli]")

@@ -49,8 +49,11 @@ def _utc_millis(value: dt.datetime) -> dt.datetime:
     """Timestamps are stored at millisecond precision in UTC by both stores."""
     if value.tzinfo is None:
         raise ValueError("timestamp must be timezone-aware")
-    value = value.astimezone(dt.UTC)
-    return value.replace(microsecond=(value.microsecond // 1000) * 1000)
+    if value.tzinfo is not dt.UTC:  # the codecs' own values are UTC already
+        value = value.astimezone(dt.UTC)
+    if value.microsecond % 1000:
+        value = value.replace(microsecond=(value.microsecond // 1000) * 1000)
+    return value
 
 
 def _portable_text(value: str) -> str:
@@ -58,6 +61,8 @@ def _portable_text(value: str) -> str:
     # not UTF-8, which both stores require.
     if "\x00" in value:
         raise ValueError("text must not contain NUL characters")
+    if value.isascii():  # no surrogates possible; spares encoding a copy of the text
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

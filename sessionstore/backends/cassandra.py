@@ -47,7 +47,7 @@ from cassandra import (
 )
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
-from cassandra.connection import ConnectionException
+from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.connection import ProtocolError as ClientProtocolError
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.protocol import (
@@ -57,7 +57,7 @@ from cassandra.protocol import (
     ProtocolException,
     SyntaxException,
 )
-from cassandra.query import SimpleStatement
+from cassandra.query import SimpleStatement, tuple_factory
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -207,6 +207,10 @@ def _build_cluster(settings: CassandraSettings) -> Cluster:
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(settings.local_dc or "")),
         consistency_level=_consistency(settings.consistency),
         request_timeout=settings.request_timeout,
+        # Plain tuples (the codec reads them in SELECT order): the driver's default
+        # named_tuple_factory builds a new namedtuple class for every result, about
+        # 100 us of CPU per request (see docs/performance.md).
+        row_factory=tuple_factory,
     )
     kwargs: dict[str, Any] = {
         "contact_points": list(settings.contact_points),
@@ -550,15 +554,24 @@ class CassandraBackend(LifecycleMixin):
     async def _run(
         self, session: Session, operation: str, bound: Any, paging_state: bytes | None = None
     ) -> Any:
-        try:
-            return await execute(
-                session,
-                bound,
-                request_timeout=self._request_timeout,
-                paging_state=paging_state,
-            )
-        except Exception as exc:
-            raise _map_error(exc, store=self._name, operation=operation) from exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._request_timeout
+        while True:
+            try:
+                return await execute(
+                    session,
+                    bound,
+                    request_timeout=self._request_timeout,
+                    paging_state=paging_state,
+                )
+            except Exception as exc:
+                # While a connection's send buffer is full (multi-MB writes in flight)
+                # the driver refuses new requests, unsent, with NoHostAvailable of
+                # ConnectionBusy instead of queueing them: wait for it to drain.
+                if _all_busy(exc) and loop.time() < deadline:
+                    await asyncio.sleep(_BUSY_PAUSE)
+                    continue
+                raise _map_error(exc, store=self._name, operation=operation) from exc
 
     def _ready(self) -> tuple[Session, _Statements]:
         session, statements = self._session, self._statements
@@ -642,6 +655,18 @@ class CassandraBackend(LifecycleMixin):
         records = tuple(self._decode(row) for row in result.current_rows)
         state = result.paging_state if result.has_more_pages else None
         return ScanPage(records, _make_cursor(state, protocol, low, high) if state else None)
+
+
+#: Seconds between attempts while every connection is busy (see CassandraBackend._run).
+_BUSY_PAUSE = 0.005
+
+
+def _all_busy(exc: BaseException) -> bool:
+    """Whether the driver refused the request, unsent, because its connections were busy."""
+    if not isinstance(exc, NoHostAvailable):
+        return False
+    errors: dict[Any, BaseException] = getattr(exc, "errors", None) or {}
+    return bool(errors) and all(isinstance(e, ConnectionBusy) for e in errors.values())
 
 
 def _check_revision(revision: object, message: str) -> None:
