@@ -42,7 +42,8 @@ class Sizes:
     cassandra_small: int = 3000
     cassandra_mixed: int = 200
     large_every: int = 4
-    backfill_rounds: int = 4
+    docdb_rounds: int = 4
+    cassandra_rounds: int = 2
     concurrencies: tuple[int, ...] = (1, 4, 16, 64)
 
 
@@ -58,7 +59,8 @@ QUICK = Sizes(
     docdb_mixed=4,
     cassandra_small=300,
     cassandra_mixed=20,
-    backfill_rounds=1,
+    docdb_rounds=1,
+    cassandra_rounds=1,
 )
 
 
@@ -137,7 +139,8 @@ async def _run(args: argparse.Namespace, sizes: Sizes) -> tuple[list[report.Row]
                 concurrencies=sizes.concurrencies,
                 docdb_concurrency=4,
                 mixed_concurrency=16,
-                rounds=sizes.backfill_rounds,
+                docdb_rounds=sizes.docdb_rounds,
+                cassandra_rounds=sizes.cassandra_rounds,
                 parts=256,
                 verify_parts=16,
                 sections=only,
