@@ -29,8 +29,8 @@ class Sizes:
     so the collections it serves are kept small: see docs/performance.md."""
 
     latency_keys: int = 20
-    latency_rounds: int = 6
-    latency_ops: int = 200
+    latency_rounds: int = 12
+    latency_ops: int = 100
     latency_warmup: int = 100
     flag_calls: int = 20_000
     load_keys: int = 32

@@ -90,18 +90,29 @@ class Series:
         return float(statistics.median(values)) if values else math.nan
 
 
-def paired_ratio(a: Series, b: Series, stat: str = "median") -> float:
-    """Median over rounds of ``a``'s statistic divided by ``b``'s of the same round."""
-    ratios = [
+def round_ratios(a: Series, b: Series, stat: str = "median") -> list[float]:
+    """Per round, ``a``'s statistic divided by ``b``'s of the same round."""
+    return [
         getattr(x, stat) / getattr(y, stat)
         for x, y in zip(a.blocks, b.blocks, strict=True)
         if getattr(y, stat) > 0
     ]
+
+
+def paired_ratio(a: Series, b: Series, stat: str = "median") -> float:
+    """Median over rounds of ``a``'s statistic divided by ``b``'s of the same round."""
+    ratios = round_ratios(a, b, stat)
     return float(statistics.median(ratios)) if ratios else math.nan
 
 
-async def time_block(op: Op, n: int, start: int = 0) -> Block:
-    """Run ``op(i)`` for ``n`` consecutive i, one at a time; each call timed."""
+async def time_block(
+    op: Op, n: int, start: int = 0, between: Callable[[], Awaitable[None]] | None = None
+) -> Block:
+    """Run ``op(i)`` for ``n`` consecutive i, one at a time; each call timed.
+
+    ``between()``, when given, is awaited after every call, outside the clock (e.g.
+    waiting for the call's background comparison, so that the next call starts alone).
+    """
     clock = time.perf_counter_ns
     samples: list[float] = []
     append = samples.append
@@ -111,6 +122,8 @@ async def time_block(op: Op, n: int, start: int = 0) -> Block:
         t0 = clock()
         await op(i)
         append(clock() - t0)
+        if between is not None:
+            await between()
     cpu = time.process_time_ns() - cpu
     return Block(samples, cpu, _servercpu.delta(servers, _servercpu.cpu_ns()))
 
@@ -123,19 +136,21 @@ async def interleave(
     warmup: int,
     before: Callable[[str], None] | None = None,
     after: Callable[[], Awaitable[None]] | None = None,
+    between: dict[str, Callable[[], Awaitable[None]]] | None = None,
 ) -> dict[str, Series]:
     """Warm every variant up, then run ``rounds`` rounds of one block per variant.
 
     The order of the variants is reversed every other round. ``before(name)`` runs before
-    each block and ``after()`` after it, both outside the clock (e.g. setting the phase,
-    and waiting for background comparisons to finish).
+    each block and ``after()`` after it, ``between[name]()`` after each call of that
+    variant, all outside the clock (e.g. setting the phase, and waiting for background
+    comparisons to finish).
     """
     names = list(variants)
 
     async def block(name: str, n: int, start: int) -> Block:
         if before is not None:
             before(name)
-        result = await time_block(variants[name], n, start)
+        result = await time_block(variants[name], n, start, (between or {}).get(name))
         if after is not None:
             await after()
         return result

@@ -391,6 +391,7 @@ def _row(
                 "baseline": round(statistics.median(base) * mb / bench.count, 2),
             },
             "runs_seconds": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+            "round_ratios": [round(a / b, 4) for a, b in zip(lib, base, strict=True)],
             "retries": {"library": bench.library_retries, "baseline": sum(BUSY_RETRIES.values())},
             "data": bench.data,
             "concurrency": concurrency,

@@ -197,6 +197,9 @@ def _row(
         {
             "p99_ms": {"library": round(lib.p99, 2), "baseline": round(base.p99, 2)},
             "p99_ratio": round(paired_ratio(series["library"], series["baseline"], "p99"), 4),
+            "round_ratios": [
+                round(a / b, 4) for a, b in zip(ops["library"], ops["baseline"], strict=True)
+            ],
             "median_ms": {name: round(s.median / 1e6, 3) for name, s in series.items()},
             "cpu_us_per_op": {name: cpu(name) for name in series},
             "phase_eval": phase_eval,

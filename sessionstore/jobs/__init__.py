@@ -23,7 +23,13 @@ from sessionstore.jobs.checkpoint import (
     UnitRecord,
     UnitState,
 )
-from sessionstore.jobs.engine import JobProgress, JobReport, UnitResult
+from sessionstore.jobs.engine import (
+    DEFAULT_PAGE_BYTES,
+    JobProgress,
+    JobReport,
+    PageBudget,
+    UnitResult,
+)
 from sessionstore.jobs.reconcile import ReconcileReport, reconcile
 from sessionstore.jobs.rehearsal import RehearsalConfig, RehearsalReport, run_rehearsal
 from sessionstore.jobs.settings import ConnectionSettings
@@ -43,6 +49,7 @@ from sessionstore.jobs.units import (
 from sessionstore.jobs.verify import VerifyJob
 
 __all__ = [
+    "DEFAULT_PAGE_BYTES",
     "BackfillJob",
     "CheckpointError",
     "CheckpointStore",
@@ -51,6 +58,7 @@ __all__ = [
     "JobProgress",
     "JobReport",
     "MemoryCheckpointStore",
+    "PageBudget",
     "RateLimiter",
     "ReconcileReport",
     "RecordsRejectedError",

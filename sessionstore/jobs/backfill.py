@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,7 +31,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from sessionstore._errors import BackendRejectedError, InvalidSessionError, SessionStoreError
 from sessionstore.backends.base import KeyRange, SessionBackend, StoredRecord
 from sessionstore.jobs.checkpoint import CheckpointStore
-from sessionstore.jobs.engine import JobProgress, JobReport, UnitJob, UnitResult, _each
+from sessionstore.jobs.engine import (
+    DEFAULT_PAGE_BYTES,
+    JobProgress,
+    JobReport,
+    UnitJob,
+    UnitResult,
+    _each,
+)
 from sessionstore.jobs.throttle import RetryPolicy
 from sessionstore.jobs.units import JobAction, UnitKind, WorkUnit, plan_ids, plan_ranges
 from sessionstore.phases import Store
@@ -64,7 +70,10 @@ class BackfillJob(UnitJob):
         concurrency: units processed at the same time.
         rate: ceiling in sessions read from the source per second (None: unlimited);
             halved on every timeout or overload answer, then recovering.
-        page_size: records read per source request.
+        page_size: records read per scan request, at most.
+        page_bytes: about how much session data one scan page may hold: pages of
+            large sessions ask for fewer records (see :class:`~sessionstore.jobs.engine.
+            PageBudget`), so memory stays near ``concurrency * page_bytes``.
         max_in_flight: store requests in flight at once, all units together.
         retry: back-off policy for timeouts and unavailability.
         progress: receives progress events (a progress bar).
@@ -82,6 +91,7 @@ class BackfillJob(UnitJob):
         concurrency: int = 4,
         rate: float | None = None,
         page_size: int = 100,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
         max_in_flight: int = 32,
         retry: RetryPolicy | None = None,
         source_store: Store | None = None,
@@ -96,13 +106,19 @@ class BackfillJob(UnitJob):
             concurrency=concurrency,
             rate=rate,
             page_size=page_size,
+            page_bytes=page_bytes,
             max_in_flight=max_in_flight,
             retry=retry,
             source_store=source_store,
             progress=progress,
             max_consecutive_failures=max_consecutive_failures,
         )
-        self._options = {"concurrency": concurrency, "rate": rate, "page_size": page_size}
+        self._options = {
+            "concurrency": concurrency,
+            "rate": rate,
+            "page_size": page_size,
+            "page_bytes": page_bytes,
+        }
 
     def plan(self, *, parts: int = 256, ranges: Sequence[KeyRange] | None = None) -> list[WorkUnit]:
         """Units covering the source's key space (or ``ranges`` of it), ``parts`` each."""
@@ -161,20 +177,10 @@ class BackfillJob(UnitJob):
     async def _copy_range(
         self, key_range: KeyRange, result: UnitResult, rejected: list[uuid.UUID]
     ) -> None:
-        cursor: str | None = None
-        limiter = self.throttle.limiter
-        while True:
-            await limiter.acquire(self._page_size)
-            page = await self._request(
-                functools.partial(self.source.scan, key_range, cursor=cursor, limit=self._page_size)
-            )
-            limiter.refund(self._page_size - len(page.records))
+        async for page in self._pages(self.source, key_range):
             await _each(page.records, lambda r: self._copy(r, result, rejected))
             result.counts["records"] += len(page.records)
             self._advanced(len(page.records))
-            cursor = page.cursor
-            if cursor is None:
-                return
 
     async def _copy_ids(
         self, ids: Sequence[uuid.UUID], result: UnitResult, rejected: list[uuid.UUID]

@@ -18,20 +18,18 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import enum
 import json
-import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Protocol, Self, TypeVar, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 from sessionstore._errors import BackendError, ConfigurationError
+from sessionstore._sqlite import SqliteFile
 from sessionstore.backends.base import LifecycleMixin
 
 __all__ = [
@@ -43,7 +41,6 @@ __all__ = [
     "UnitState",
 ]
 
-_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -205,7 +202,7 @@ class MemoryCheckpointStore(LifecycleMixin):
         return {uid: rec for (j, uid), rec in self._units.items() if j == job}
 
 
-class SqliteCheckpointStore(LifecycleMixin):
+class SqliteCheckpointStore(SqliteFile):
     """Checkpoints in a SQLite file that survives SIGKILL; shared safely by processes.
 
     The file is created on first use. Calls run in a worker thread so the event loop
@@ -213,58 +210,18 @@ class SqliteCheckpointStore(LifecycleMixin):
     """
 
     _lifecycle_name = "checkpoint store"
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._path = os.fspath(path)
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+    _schema = _SCHEMA
+    _busy_seconds = 30.0
 
     @property
     def path(self) -> str:
         """The checkpoint file."""
         return self._path
 
-    async def _open(self) -> None:
-        def connect() -> None:
-            conn = sqlite3.connect(
-                self._path, check_same_thread=False, isolation_level=None, timeout=30.0
-            )
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA busy_timeout=30000")
-                conn.executescript(_SCHEMA)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-
-        await self._run(connect, opening=True)
-
-    async def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await asyncio.to_thread(conn.close)
-
-    async def _run(self, fn: Callable[[], _T], *, opening: bool = False) -> _T:
-        if not opening:
-            await self._ensure_open()
-
-        def locked() -> _T:
-            with self._lock:
-                return fn()
-
-        try:
-            return await asyncio.to_thread(locked)
-        except sqlite3.Error as exc:
-            raise CheckpointError(
-                f"checkpoint file {self._path!r} failed: {type(exc).__name__}",
-                store="checkpoints",
-            ) from exc
-
-    def _db(self) -> sqlite3.Connection:
-        assert self._conn is not None
-        return self._conn
+    def _error(self, exc: sqlite3.Error) -> CheckpointError:
+        return CheckpointError(
+            f"checkpoint file {self._path!r} failed: {type(exc).__name__}", store="checkpoints"
+        )
 
     async def begin_job(self, job: str, fingerprint: str, *, restart: bool = False) -> None:
         """Bind the job to its plan; ConfigurationError if it was planned differently."""

@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from sessionstore._errors import (
@@ -28,7 +29,7 @@ from sessionstore._errors import (
     ConfigurationError,
     SessionStoreError,
 )
-from sessionstore.backends.base import SessionBackend
+from sessionstore.backends.base import KeyRange, ScanPage, SessionBackend, StoredRecord
 from sessionstore.jobs.checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -37,9 +38,13 @@ from sessionstore.jobs.checkpoint import (
 )
 from sessionstore.jobs.throttle import RateLimiter, RetryPolicy, Throttle
 from sessionstore.jobs.units import JobAction, UnitKind, WorkUnit, check_job_name, plan_fingerprint
+from sessionstore.model import encoded_size
 from sessionstore.phases import Store
 
-__all__ = ["JobProgress", "JobReport", "UnitJob", "UnitResult"]
+__all__ = ["DEFAULT_PAGE_BYTES", "JobProgress", "JobReport", "PageBudget", "UnitJob", "UnitResult"]
+
+#: Default ``page_bytes``: about how much session data one scan page may hold.
+DEFAULT_PAGE_BYTES = 32 * 1024 * 1024
 
 _T = TypeVar("_T")
 _I = TypeVar("_I")
@@ -167,6 +172,42 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class PageBudget:
+    """Sizes scan pages so that one holds about ``page_bytes`` of sessions.
+
+    A page asks for at most ``page_size`` records, and fewer when the records seen so
+    far (by every unit of the job) are large: ``page_bytes`` over their average encoded
+    size (:func:`~sessionstore.model.encoded_size`, an upper bound), a moving average
+    that follows the table's mix. Until a first page has been seen, pages ask for at
+    most :attr:`PROBE` records. Memory then stays about ``concurrency * page_bytes``
+    whatever the sessions' sizes, instead of ``concurrency * page_size`` sessions.
+    """
+
+    PROBE = 10
+    _WEIGHT = 0.3  # of the newest page in the moving average
+
+    def __init__(self, page_size: int, page_bytes: int) -> None:
+        self.page_size = page_size
+        self.page_bytes = page_bytes
+        self.bytes_per_record: float | None = None
+
+    def limit(self) -> int:
+        """How many records the next page should ask for."""
+        if self.bytes_per_record is None:
+            return min(self.page_size, self.PROBE)
+        fits = int(self.page_bytes // max(self.bytes_per_record, 1.0))
+        return max(1, min(self.page_size, fits))
+
+    def observe(self, records: Sequence[StoredRecord]) -> None:
+        """Update the average with a page just read."""
+        if not records:
+            return
+        size = sum(256 if r.session is None else encoded_size(r.session) for r in records)
+        mean = size / len(records)
+        old = self.bytes_per_record
+        self.bytes_per_record = mean if old is None else old + self._WEIGHT * (mean - old)
+
+
 class UnitJob:
     """Base of BackfillJob and VerifyJob: stores, throttling, checkpoints, the run loop."""
 
@@ -187,9 +228,15 @@ class UnitJob:
         source_store: Store | None,
         progress: JobProgress | None,
         max_consecutive_failures: int,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> None:
         self.name = check_job_name(name)
-        for value, what in ((concurrency, "concurrency"), (page_size, "page_size")):
+        checked = (
+            (concurrency, "concurrency"),
+            (page_size, "page_size"),
+            (page_bytes, "page_bytes"),
+        )
+        for value, what in checked:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{what} must be a positive integer")
         if max_in_flight < 1 or max_consecutive_failures < 1:
@@ -207,7 +254,7 @@ class UnitJob:
         self._stores = {self.source_store: source, self.target_store: target}
         self._checkpoints: CheckpointStore = checkpoints or MemoryCheckpointStore()
         self._concurrency = concurrency
-        self._page_size = page_size
+        self.pages = PageBudget(page_size, page_bytes)
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self.throttle = Throttle(RateLimiter(rate), retry)
         self._progress = progress
@@ -257,6 +304,26 @@ class UnitJob:
         """One store request: bounded in flight, retried with back-off."""
         async with self._in_flight:
             return await self.throttle.call(fn)
+
+    async def _pages(self, store: SessionBackend, key_range: KeyRange) -> AsyncIterator[ScanPage]:
+        """The range's records, page by page, each page sized by :attr:`pages`.
+
+        The caller handles a page before asking for the next, so a unit holds one page.
+        """
+        limiter = self.throttle.limiter
+        cursor: str | None = None
+        while True:
+            limit = self.pages.limit()
+            await limiter.acquire(limit)
+            page = await self._request(
+                functools.partial(store.scan, key_range, cursor=cursor, limit=limit)
+            )
+            limiter.refund(limit - len(page.records))
+            self.pages.observe(page.records)
+            yield page
+            cursor = page.cursor
+            if cursor is None:
+                return
 
     def _advanced(self, records: int) -> None:
         if self._progress is not None and records:

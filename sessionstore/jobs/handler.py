@@ -30,7 +30,7 @@ from typing import Any
 from sessionstore._errors import ConfigurationError, SessionStoreError
 from sessionstore.backends.base import SessionBackend
 from sessionstore.jobs.backfill import BackfillJob
-from sessionstore.jobs.engine import UnitJob, UnitResult, describe_error
+from sessionstore.jobs.engine import DEFAULT_PAGE_BYTES, UnitJob, UnitResult, describe_error
 from sessionstore.jobs.settings import ConnectionSettings
 from sessionstore.jobs.units import JobAction, WorkUnit
 from sessionstore.jobs.verify import VerifyJob
@@ -68,6 +68,7 @@ async def run_work_unit(
     *,
     rate: float | None = None,
     page_size: int = 100,
+    page_bytes: int = DEFAULT_PAGE_BYTES,
     max_in_flight: int = 32,
 ) -> UnitResult:
     """Run one unit against open (or openable) ``stores``; raises if it fails.
@@ -75,7 +76,14 @@ async def run_work_unit(
     No checkpoint is kept: the queue is the checkpoint (a message is deleted only when
     its unit succeeded).
     """
-    job = _job(unit, stores, rate=rate, page_size=page_size, max_in_flight=max_in_flight)
+    job = _job(
+        unit,
+        stores,
+        rate=rate,
+        page_size=page_size,
+        page_bytes=page_bytes,
+        max_in_flight=max_in_flight,
+    )
     return await job.run_unit(unit)
 
 
@@ -85,6 +93,7 @@ def run_message(
     settings: ConnectionSettings | None = None,
     rate: float | None = None,
     page_size: int = 100,
+    page_bytes: int = DEFAULT_PAGE_BYTES,
 ) -> dict[str, Any]:
     """Parse and run one message; returns ``{"job", "unit_id", "counts", "fields"}``.
 
@@ -95,7 +104,9 @@ def run_message(
 
     async def run() -> UnitResult:
         async with open_stores(settings) as stores:
-            return await run_work_unit(unit, stores, rate=rate, page_size=page_size)
+            return await run_work_unit(
+                unit, stores, rate=rate, page_size=page_size, page_bytes=page_bytes
+            )
 
     result = asyncio.run(run())
     return _summary(unit, result)
@@ -125,12 +136,15 @@ def sqs_handler(event: Mapping[str, Any], context: object = None) -> dict[str, A
 
     Each record's body is one WorkUnit message. Returns ``{"batchItemFailures": [...]}``
     naming the messages that failed (malformed ones too: they belong in the dead-letter
-    queue). ``SESSIONSTORE_JOB_RATE`` and ``SESSIONSTORE_JOB_PAGE_SIZE`` set the
-    per-invocation rate (sessions/s) and page size.
+    queue). ``SESSIONSTORE_JOB_RATE``, ``SESSIONSTORE_JOB_PAGE_SIZE`` and
+    ``SESSIONSTORE_JOB_PAGE_MB`` set the per-invocation rate (sessions/s), page size
+    (records) and page budget (MB of sessions; size the function's memory above it).
     """
     records = list(event.get("Records", ()))
     rate = _env_number("SESSIONSTORE_JOB_RATE", float)
     page_size = _env_number("SESSIONSTORE_JOB_PAGE_SIZE", int) or 100
+    page_mb = _env_number("SESSIONSTORE_JOB_PAGE_MB", int)
+    page_bytes = page_mb * 1024 * 1024 if page_mb else DEFAULT_PAGE_BYTES
     failures: list[dict[str, str]] = []
 
     async def run_all() -> None:
@@ -139,7 +153,9 @@ def sqs_handler(event: Mapping[str, Any], context: object = None) -> dict[str, A
                 message_id = str(record.get("messageId", ""))
                 try:
                     unit = WorkUnit.from_json(record.get("body", ""))
-                    result = await run_work_unit(unit, stores, rate=rate, page_size=page_size)
+                    result = await run_work_unit(
+                        unit, stores, rate=rate, page_size=page_size, page_bytes=page_bytes
+                    )
                 except SessionStoreError as exc:
                     log.error("unit message %s failed: %s", message_id, describe_error(exc))
                     failures.append({"itemIdentifier": message_id})

@@ -39,7 +39,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import functools
 import uuid
 import zlib
 from collections.abc import Callable, Coroutine, Sequence
@@ -50,7 +49,14 @@ from sessionstore.backends.base import KeyRange, SessionBackend, StoredRecord
 from sessionstore.divergence import DivergenceKind, compare_records
 from sessionstore.jobs.backfill import copy_record
 from sessionstore.jobs.checkpoint import CheckpointStore
-from sessionstore.jobs.engine import JobProgress, JobReport, UnitJob, UnitResult, _each
+from sessionstore.jobs.engine import (
+    DEFAULT_PAGE_BYTES,
+    JobProgress,
+    JobReport,
+    UnitJob,
+    UnitResult,
+    _each,
+)
 from sessionstore.jobs.throttle import RetryPolicy
 from sessionstore.jobs.units import JobAction, UnitKind, WorkUnit, plan_ids, plan_ranges
 from sessionstore.phases import Store
@@ -97,6 +103,7 @@ class VerifyJob(UnitJob):
         concurrency: int = 4,
         rate: float | None = None,
         page_size: int = 100,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
         max_in_flight: int = 32,
         retry: RetryPolicy | None = None,
         source_store: Store | None = None,
@@ -111,6 +118,7 @@ class VerifyJob(UnitJob):
             concurrency=concurrency,
             rate=rate,
             page_size=page_size,
+            page_bytes=page_bytes,
             max_in_flight=max_in_flight,
             retry=retry,
             source_store=source_store,
@@ -127,6 +135,7 @@ class VerifyJob(UnitJob):
             "concurrency": concurrency,
             "rate": rate,
             "page_size": page_size,
+            "page_bytes": page_bytes,
         }
 
     def plan(self, *, parts: int = 256, ranges: Sequence[KeyRange] | None = None) -> list[WorkUnit]:
@@ -205,22 +214,11 @@ class VerifyJob(UnitJob):
         result: UnitResult,
         check: _Check,
     ) -> None:
-        key_range = unit.key_range
-        limiter = self.throttle.limiter
-        cursor: str | None = None
-        while True:
-            await limiter.acquire(self._page_size)
-            page = await self._request(
-                functools.partial(store.scan, key_range, cursor=cursor, limit=self._page_size)
-            )
-            limiter.refund(self._page_size - len(page.records))
+        async for page in self._pages(store, unit.key_range):
             sampled = [r for r in page.records if is_sampled(r.session_id, unit.sample)]
             await _each(sampled, lambda r: check(r, unit, result))
             result.counts["records"] += len(page.records)
             self._advanced(len(page.records))
-            cursor = page.cursor
-            if cursor is None:
-                return
 
     async def _check_source_record(
         self, record: StoredRecord, unit: WorkUnit, result: UnitResult

@@ -12,22 +12,16 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import TypeVar
 
 from sessionstore._errors import RepairQueueError
-from sessionstore.backends.base import LifecycleMixin
+from sessionstore._sqlite import SqliteFile
 from sessionstore.repair.queue import RepairTask
 
 __all__ = ["SqliteRepairQueue"]
-
-_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS repairs (
@@ -43,7 +37,7 @@ INSERT OR IGNORE INTO counter VALUES (0, 0);
 """
 
 
-class SqliteRepairQueue(LifecycleMixin):
+class SqliteRepairQueue(SqliteFile):
     """A repair queue that survives a crash. ``path`` is created if missing.
 
     Lease times use the wall clock, so leases taken by a crashed process expire even
@@ -51,48 +45,23 @@ class SqliteRepairQueue(LifecycleMixin):
     """
 
     _lifecycle_name = "repair queue"
+    _schema = _SCHEMA
+    _busy_seconds = 10.0
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._path = os.fspath(path)
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+        super().__init__(path)
         self._depth = 0
 
+    def _error(self, exc: sqlite3.Error) -> RepairQueueError:
+        return RepairQueueError(f"repair queue failed: {type(exc).__name__}", store="repair-queue")
+
     async def _open(self) -> None:
-        def connect() -> int:
-            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.executescript(_SCHEMA)
-            self._conn = conn
-            return int(conn.execute("SELECT count(*) FROM repairs").fetchone()[0])
+        await super()._open()
 
-        self._depth = await self._run(connect, opening=True)
+        def count() -> int:
+            return int(self._db().execute("SELECT count(*) FROM repairs").fetchone()[0])
 
-    async def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await asyncio.to_thread(conn.close)
-
-    async def _run(self, fn: Callable[[], _T], *, opening: bool = False) -> _T:
-        if not opening:
-            await self._ensure_open()
-
-        def locked() -> _T:
-            with self._lock:
-                return fn()
-
-        try:
-            return await asyncio.to_thread(locked)
-        except sqlite3.Error as exc:
-            raise RepairQueueError(
-                f"repair queue failed: {type(exc).__name__}", store="repair-queue"
-            ) from exc
-
-    def _db(self) -> sqlite3.Connection:
-        assert self._conn is not None
-        return self._conn
+        self._depth = await self._run(count, opening=True)
 
     async def enqueue(self, session_id: uuid.UUID, reason: str) -> None:
         """Queue the session durably; re-queuing bumps its generation."""

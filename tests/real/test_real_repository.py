@@ -210,7 +210,7 @@ async def test_cassandra_down_during_docdb_primary_loses_nothing() -> None:
     from cassandra.cluster import Cluster
     from cassandra.policies import ConstantReconnectionPolicy
 
-    from tests.real.cassandra_store import TEST_KEYSPACE, shared_session
+    from tests.real.cassandra_store import NODELAY, TEST_KEYSPACE, shared_session
     from tests.real.documentdb_store import new_client
     from tests.real.servers import CASSANDRA_HOSTS, CASSANDRA_PORT
 
@@ -221,6 +221,7 @@ async def test_cassandra_down_during_docdb_primary_loses_nothing() -> None:
         protocol_version=5,
         connect_timeout=2,
         reconnection_policy=ConstantReconnectionPolicy(0.5, max_attempts=None),
+        sockopts=NODELAY,
     )
     session = await asyncio.to_thread(cluster.connect)
     await shared_session()  # the test keyspace exists

@@ -17,6 +17,7 @@ from sessionstore import (
     InMemoryRepairQueue,
     Phase,
     RepairWorker,
+    ShadowRead,
     StaticPhaseSource,
 )
 from sessionstore.testing import MemoryStores, memory_repository
@@ -46,11 +47,15 @@ def ops(phases: list[Phase]) -> st.SearchStrategy[list[tuple[Any, ...]]]:
 
 
 async def run(
-    steps: list[tuple[Any, ...]], first: Phase, *, check_reads: bool
+    steps: list[tuple[Any, ...]],
+    first: Phase,
+    *,
+    check_reads: bool,
+    shadow_read: ShadowRead = ShadowRead.PARALLEL,
 ) -> tuple[dict[uuid.UUID, tuple[int, bool]], MemoryStores]:
     source = StaticPhaseSource(first)
     queue = InMemoryRepairQueue()
-    repo, stores = memory_repository(source, repairs=queue)
+    repo, stores = memory_repository(source, repairs=queue, shadow_read=shadow_read)
     worker = RepairWorker(
         cassandra=stores.cassandra,
         documentdb=stores.documentdb,
@@ -98,11 +103,15 @@ async def run(
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(first=st.sampled_from(DUAL_PHASES), steps=ops(DUAL_PHASES))
+@given(
+    first=st.sampled_from(DUAL_PHASES),
+    steps=ops(DUAL_PHASES),
+    shadow_read=st.sampled_from(list(ShadowRead)),
+)
 def test_dual_phases_converge_to_the_newest_acknowledged_write(
-    first: Phase, steps: list[tuple[Any, ...]]
+    first: Phase, steps: list[tuple[Any, ...]], shadow_read: ShadowRead
 ) -> None:
-    acked, stores = asyncio.run(run(steps, first, check_reads=True))
+    acked, stores = asyncio.run(run(steps, first, check_reads=True, shadow_read=shadow_read))
     cassandra = stores.cassandra.inner.records()
     documentdb = stores.documentdb.inner.records()
     for sid in KEYS:

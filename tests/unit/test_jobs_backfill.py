@@ -22,11 +22,13 @@ from sessionstore.jobs import (
     BackfillJob,
     JobAction,
     MemoryCheckpointStore,
+    PageBudget,
     RetryPolicy,
     SqliteCheckpointStore,
     UnitState,
     WorkUnit,
 )
+from sessionstore.model import encoded_size
 from sessionstore.phases import Store
 from sessionstore.testing import FaultInjectingBackend, memory_repository
 from tests.helpers import make_session
@@ -228,8 +230,47 @@ async def test_pages_are_bounded_by_page_size(stores) -> None:  # type: ignore[n
 
     c.inner.scan = spy
     await BackfillJob(c, d, page_size=25).run(BackfillJob(c, d).plan(parts=2))
-    assert set(limits) == {25}
+    # The first pages are small probes (nothing is known of the sizes yet): at most one
+    # per unit, since every page read teaches the job's estimate.
+    assert limits[0] == PageBudget.PROBE
+    assert limits.count(PageBudget.PROBE) <= 2
+    assert set(limits) == {PageBudget.PROBE, 25}
     assert len(limits) >= 300 // 25
+    assert c.inner.records() == d.inner.records()
+
+
+async def test_pages_of_large_sessions_hold_about_page_bytes(stores) -> None:  # type: ignore[no-untyped-def]
+    c, d = stores
+    for i in range(60):
+        await c.inner.save(make_session(revision=1_000 + i, attachment_bytes=200_000))
+    await _seed(c, 60)  # small ones too: the budget follows the mix
+    limits: list[int] = []
+    held: list[int] = []
+    real_scan = c.inner.scan
+
+    async def spy(key_range, *, cursor=None, limit=500):  # type: ignore[no-untyped-def]
+        limits.append(limit)
+        page = await real_scan(key_range, cursor=cursor, limit=limit)
+        held.append(sum(encoded_size(r.session) for r in page.records if r.session))
+        return page
+
+    c.inner.scan = spy
+    job = BackfillJob(c, d, page_size=100, page_bytes=1_000_000, concurrency=1)
+    report = await job.run(job.plan(parts=1))
+    assert report.counts["sessions"] == 120
+    assert c.inner.records() == d.inner.records()
+    assert limits[0] == PageBudget.PROBE
+    assert max(limits[1:]) < 100  # the large sessions shrank the pages
+    # No page after the probe holds more than about twice the budget (the average
+    # lags a change in the mix by a page or two).
+    assert max(held[1:]) <= 2_000_000
+
+
+@pytest.mark.parametrize("page_bytes", [0, -1, True])
+def test_a_bad_page_budget_is_refused(stores, page_bytes: int) -> None:  # type: ignore[no-untyped-def]
+    c, d = stores
+    with pytest.raises(ConfigurationError, match="page_bytes"):
+        BackfillJob(c, d, page_bytes=page_bytes)
 
 
 async def test_units_of_another_job_or_direction_are_refused(stores) -> None:  # type: ignore[no-untyped-def]

@@ -143,6 +143,23 @@ def test_id_file_backfill(fakes: Fakes, capsys: pytest.CaptureFixture[str], tmp_
     assert set(fakes.records(Store.CASSANDRA)) == set(ids[:5])
 
 
+def test_page_flags_reach_the_job(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
+    fakes.seed(Store.CASSANDRA, 30)
+    argv = ["--source", "cassandra", "--parts", "2", "--page-size", "7", "--page-mb", "3"]
+    assert main(["backfill", *argv, "--json"]) == 0
+    report = _json(capsys)
+    assert (report["options"]["page_size"], report["options"]["page_bytes"]) == (7, 3 * 2**20)
+    assert fakes.records(Store.DOCUMENTDB) == fakes.records(Store.CASSANDRA)
+
+
+def test_a_bad_page_budget_exits_two(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["backfill", "--source", "cassandra", "--page-mb", "0"])
+    assert exc.value.code == 2
+    assert "--page-mb" in capsys.readouterr().err
+    assert fakes.built == []
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -16,6 +16,7 @@ from sessionstore import (
     Phase,
     RepositoryClosedError,
     SessionRepository,
+    ShadowRead,
     StaticPhaseSource,
     StoredRecord,
 )
@@ -97,8 +98,68 @@ async def test_partial_sampling_is_seeded() -> None:
     assert 60 < shadowed < 140
 
 
-@pytest.mark.parametrize("kwargs", [{"compare_sample_ratio": 1.5}, {"shadow_timeout": 0}])
-def test_bad_options_are_rejected(kwargs: dict[str, float]) -> None:
+class LoggingBackend(InMemoryBackend):
+    """Logs when each get() starts and ends; the authoritative one waits for a gate."""
+
+    def __init__(self, name: str, log: list[str], gate: asyncio.Event | None = None) -> None:
+        super().__init__(name=name)
+        self.log = log
+        self.gate = gate
+
+    async def get(self, session_id: uuid.UUID) -> StoredRecord | None:
+        self.log.append(f"{self.name} start")
+        if self.gate is not None:
+            await self.gate.wait()
+        self.log.append(f"{self.name} end")
+        return await super().get(session_id)
+
+
+@pytest.mark.parametrize(
+    ("phase", "primary", "other"),
+    [(Phase.SHADOW, "cassandra", "documentdb"), (Phase.DOCDB_PRIMARY, "documentdb", "cassandra")],
+)
+@pytest.mark.parametrize("order", list(ShadowRead))
+async def test_when_the_shadow_read_starts(
+    phase: Phase, primary: str, other: str, order: ShadowRead
+) -> None:
+    log: list[str] = []
+    gate = asyncio.Event()
+    stores = {
+        name: LoggingBackend(name, log, gate if name == primary else None)
+        for name in ("cassandra", "documentdb")
+    }
+    queue = InMemoryRepairQueue()
+    repo = SessionRepository(
+        cassandra=stores["cassandra"],
+        documentdb=stores["documentdb"],
+        phases=StaticPhaseSource(phase),
+        repairs=queue,
+        shadow_read=order,
+    )
+    async with repo:
+        # Only the authoritative store has it: the comparison must notice.
+        saved = make_session(revision=5)
+        await stores[primary].save(saved)
+        read = asyncio.create_task(repo.get(saved.session_id))
+        await asyncio.sleep(0.01)
+        gate.set()
+        assert await read == saved
+        await repo.wait_for_comparisons()
+        queued = [t.session_id for t in await queue.claim(10)]
+    if order is ShadowRead.PARALLEL:
+        assert log.index(f"{other} start") < log.index(f"{primary} end")
+    else:
+        assert log.index(f"{other} start") > log.index(f"{primary} end")
+    assert repo.stats.comparisons == 1
+    assert repo.stats.divergences == 1
+    assert queued == [saved.session_id]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"compare_sample_ratio": 1.5}, {"shadow_timeout": 0}, {"shadow_read": "after_primary"}],
+)
+def test_bad_options_are_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         memory_repository(Phase.SHADOW, **kwargs)
 

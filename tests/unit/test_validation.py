@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from sessionstore import (
     MAX_ENCODED_SIZE,
@@ -17,7 +18,7 @@ from sessionstore import (
     SessionTooLargeError,
     StudentSession,
 )
-from sessionstore.model import Answer
+from sessionstore.model import Answer, SessionStatus, ensure_session, with_revision
 from sessionstore.testing import memory_repository
 from tests.helpers import make_session
 
@@ -88,12 +89,35 @@ def sneaky_invalid() -> StudentSession:
     return make_session().model_copy(update={"metadata": {"$gt": "1"}})
 
 
+def constructed_invalid() -> StudentSession:
+    # model_construct() validates nothing.
+    return StudentSession.model_construct(session_id=uuid.uuid4(), student_id="", assessment_id="a")
+
+
+def metadata_changed_after_validation() -> StudentSession:
+    # A validated session is not validated again, except its metadata: a frozen model's
+    # dict can still be changed in place.
+    s = make_session()
+    s.metadata["a.b"] = "x"
+    return s
+
+
+def answer_changed_after_validation() -> StudentSession:
+    # The session was validated, then given an answer that skipped validation.
+    s = make_session()
+    bad = Answer(question_id="q", response="r").model_copy(update={"response": "nul\x00"})
+    return s.model_copy(update={"answers": (bad,)})
+
+
 @pytest.mark.parametrize("phase", list(Phase))
 @pytest.mark.parametrize(
     ("make", "error"),
     [
         (oversize, SessionTooLargeError),
         (sneaky_invalid, InvalidSessionError),
+        (constructed_invalid, InvalidSessionError),
+        (metadata_changed_after_validation, InvalidSessionError),
+        (answer_changed_after_validation, InvalidSessionError),
         (lambda: {"student_id": "s"}, InvalidSessionError),
     ],
 )
@@ -116,8 +140,41 @@ async def test_repository_rejects_before_touching_any_store(
 
 
 def test_a_session_just_under_the_limit_is_accepted() -> None:
-    from sessionstore.model import encoded_size, ensure_session
+    from sessionstore.model import encoded_size
 
     s = make_session(attachment_bytes=MAX_ENCODED_SIZE - 4096)
     assert encoded_size(s) <= MAX_ENCODED_SIZE
     assert ensure_session(s) == s
+
+
+def test_unvalidated_parts_do_not_pass_as_validated() -> None:
+    bad_answer = Answer.model_construct(question_id="", response="r", attachments=())
+    with pytest.raises(InvalidSessionError) as info:
+        StudentSession.create(student_id="s", assessment_id="a", answers=(bad_answer,))
+    assert info.value.fields == ("answers.0.question_id",)
+    constructed = constructed_invalid()
+    with pytest.raises(ValidationError):
+        StudentSession.model_validate(constructed)
+    with pytest.raises(InvalidSessionError):  # still refused after that attempt
+        ensure_session(constructed)
+
+
+def test_a_validated_session_is_accepted_as_is() -> None:
+    s = make_session()
+    assert ensure_session(s) is s
+    changed = s.model_copy(update={"status": SessionStatus.SUBMITTED})
+    checked = ensure_session(changed)
+    assert checked == changed
+    assert ensure_session(checked) is checked
+
+
+def test_with_revision_copies_metadata_and_keeps_validation() -> None:
+    s = make_session(metadata={"k": "v"})
+    copy = with_revision(s, 42)
+    assert copy.revision == 42
+    assert copy.model_copy(update={"revision": s.revision}) == s
+    s.metadata["k"] = "changed"
+    assert copy.metadata == {"k": "v"}
+    assert ensure_session(copy) is copy
+    with pytest.raises(ValueError, match="revision"):
+        with_revision(s, -1)
