@@ -180,13 +180,17 @@ class Servers:
         return backend
 
     async def documentdb_backend(
-        self, collection: AsyncCollection[Doc], name: str = "documentdb"
+        self,
+        collection: AsyncCollection[Doc],
+        name: str = "documentdb",
+        *,
+        insert_first: bool = False,
     ) -> DocumentDBBackend:
         """An opened ``DocumentDBBackend.connect`` backend (its own client)."""
         settings = DocumentDBSettings(
             uri=MONGODB_URI, database=DATABASE, collection=collection.name
         )
-        backend = DocumentDBBackend.connect(settings, name=name)
+        backend = DocumentDBBackend.connect(settings, name=name, insert_first=insert_first)
         await backend.__aenter__()
         return backend
 

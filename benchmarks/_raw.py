@@ -185,6 +185,16 @@ async def mongo_put(collection: AsyncCollection[Doc], doc: Doc, revision: int) -
         await collection.replace_one(guard, doc)
 
 
+async def mongo_insert_first(collection: AsyncCollection[Doc], doc: Doc, revision: int) -> None:
+    """A copy loop's write into a mostly empty target: insert, else the conditional replace."""
+    rev = Int64(revision)
+    doc = {**doc, "revision": rev}
+    try:
+        await collection.insert_one(doc)
+    except DuplicateKeyError:
+        await collection.replace_one({"_id": doc["_id"], "revision": {"$lt": rev}}, doc)
+
+
 def millis(value: dt.datetime) -> int:
     """Integer epoch milliseconds of a driver timestamp (decoded through a float)."""
     micros = (value.replace(tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(microseconds=1)

@@ -15,9 +15,10 @@ VerifyJob` (in-memory checkpoints, no rate limit, default page size and in-fligh
 The baselines are plain loops written here with the same structure: the same token-range
 units, ``concurrency`` units at a time, pages of ``page_size`` rows, every row of a page
 handled concurrently, at most ``max_in_flight`` requests in flight. Each row is written
-with the same statement as the backend's (the conditional replace_one then insert_one
-for DocumentDB, after converting the row to the same document; the prepared INSERT ...
-USING TIMESTAMP for Cassandra). Verify's baseline makes the same two passes: every
+with the same statements as the backend's (for DocumentDB, after converting the row to
+the same document: insert_one, then the conditional replace_one on a duplicate key, the
+order a backfill's target uses, ``insert_first``; the prepared INSERT ... USING
+TIMESTAMP for Cassandra). Verify's baseline makes the same two passes: every
 source row looked up in the target and compared, then every target record looked up in
 the source.
 """
@@ -40,7 +41,7 @@ from benchmarks._raw import (
     BUSY_RETRIES,
     RawCassandra,
     bson_id,
-    mongo_put,
+    mongo_insert_first,
     row_to_doc,
     row_to_values,
     same_content,
@@ -129,11 +130,12 @@ class DocumentDBTarget:
         self.collection = await self.servers.new_collection("bft", self.name)
 
     async def backend(self) -> SessionBackend:
-        return await self.servers.documentdb_backend(self.collection)
+        # As the command line builds a backfill's target.
+        return await self.servers.documentdb_backend(self.collection, insert_first=True)
 
     async def put(self, row: Any) -> None:
         doc = row_to_doc(row)
-        await mongo_put(self.collection, doc, doc["revision"])
+        await mongo_insert_first(self.collection, doc, doc["revision"])
 
     async def holds(self, row: Any) -> bool:
         expected = row_to_doc(row)

@@ -17,6 +17,8 @@ BACKEND_KINDS = [
     pytest.param("memory", id="memory"),
     pytest.param("cassandra", id="cassandra", marks=pytest.mark.real),
     pytest.param("documentdb", id="documentdb", marks=pytest.mark.real),
+    # The same store with the write order a backfill's target uses.
+    pytest.param("documentdb-insert-first", id="documentdb-insert-first", marks=pytest.mark.real),
 ]
 
 

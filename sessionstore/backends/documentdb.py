@@ -10,6 +10,11 @@ runs on FerretDB::
     if DuplicateKeyError (a concurrent creator):  replace_one(...) once more
     if that matches nothing too: an equal or newer revision is stored -> no-op
 
+A backend built with ``insert_first=True`` (a backfill's target, where most keys are
+absent) tries ``insert_one(doc)`` first and falls back to the guarded ``replace_one`` on a
+duplicate key: one round trip instead of two for a key the collection does not hold,
+two for one it does.
+
 Deletes write a tombstone the same way; a TTL index on ``purge_after`` removes it later,
 or :meth:`DocumentDBBackend.purge_tombstones` where the engine has no TTL indexes.
 
@@ -244,6 +249,10 @@ class DocumentDBBackend(LifecycleMixin):
     without TTL indexes (FerretDB v1) leave :attr:`ttl_index_supported` False, and then
     :meth:`purge_tombstones` must be run periodically.
 
+    ``insert_first=True`` makes writes try an insert before the guarded replace: for the
+    target of a backfill, where most keys are absent (see the module docstring). The
+    outcome is the same either way; only the round trips differ.
+
     Assumes the collection has no unique index besides ``_id`` and that every document
     in it was written by this backend (a document without a numeric ``revision`` would
     block all writes to its key).
@@ -268,8 +277,14 @@ class DocumentDBBackend(LifecycleMixin):
         name: str = "documentdb",
         tombstone_ttl: dt.timedelta | float = DEFAULT_TOMBSTONE_TTL,
         ensure_indexes: bool = True,
+        insert_first: bool = False,
     ) -> None:
-        self._setup(name=name, tombstone_ttl=tombstone_ttl, ensure_indexes=ensure_indexes)
+        self._setup(
+            name=name,
+            tombstone_ttl=tombstone_ttl,
+            ensure_indexes=ensure_indexes,
+            insert_first=insert_first,
+        )
         _check_write_concern(collection)
         self._collection = collection
 
@@ -280,6 +295,7 @@ class DocumentDBBackend(LifecycleMixin):
         *,
         name: str = "documentdb",
         ensure_indexes: bool = True,
+        insert_first: bool = False,
     ) -> Self:
         """A backend that creates (when opened) and owns its client. Nothing connects yet.
 
@@ -295,12 +311,18 @@ class DocumentDBBackend(LifecycleMixin):
             name=name,
             tombstone_ttl=dt.timedelta(seconds=settings.tombstone_ttl),
             ensure_indexes=ensure_indexes,
+            insert_first=insert_first,
         )
         backend._settings = settings
         return backend
 
     def _setup(
-        self, *, name: str, tombstone_ttl: dt.timedelta | float, ensure_indexes: bool
+        self,
+        *,
+        name: str,
+        tombstone_ttl: dt.timedelta | float,
+        ensure_indexes: bool,
+        insert_first: bool,
     ) -> None:
         ttl = (
             tombstone_ttl
@@ -313,6 +335,7 @@ class DocumentDBBackend(LifecycleMixin):
         self._lifecycle_name = f"backend {name!r}"
         self._tombstone_ttl = ttl
         self._ensure_indexes_on_open = ensure_indexes
+        self._insert_first = bool(insert_first)
         self._ttl_index_supported: bool | None = None
         self._collection = None
         self._client = None
@@ -341,6 +364,11 @@ class DocumentDBBackend(LifecycleMixin):
     def owns_client(self) -> bool:
         """True when built by :meth:`connect`: :meth:`aclose` then closes the client."""
         return self._settings is not None
+
+    @property
+    def insert_first(self) -> bool:
+        """Whether writes try an insert before the guarded replace (a backfill's target)."""
+        return self._insert_first
 
     @property
     def ttl_index_supported(self) -> bool | None:
@@ -470,6 +498,16 @@ class DocumentDBBackend(LifecycleMixin):
         # insert's duplicate key is E11000 on every engine.
         guard = {"_id": doc["_id"], "revision": {"$lt": Int64(revision)}}
         try:
+            if self._insert_first:
+                try:
+                    await coll.insert_one(doc)
+                    return
+                except DuplicateKeyError as exc:
+                    if not _is_id_collision(exc):
+                        raise
+                # The key exists: the guarded replace decides, as below.
+                await coll.replace_one(guard, doc)
+                return
             if (await coll.replace_one(guard, doc)).matched_count:
                 return
             try:

@@ -45,9 +45,15 @@ __all__ = ["add_parsers", "command", "make_backend"]
 DEFAULT_CHECKPOINT = "sessionstore-checkpoints.db"
 
 
-def make_backend(settings: ConnectionSettings, store: Store) -> SessionBackend:
-    """The unopened backend of ``store`` (tests replace this to run on fakes)."""
-    return settings.backend(store)
+def make_backend(
+    settings: ConnectionSettings, store: Store, *, insert_first: bool = False
+) -> SessionBackend:
+    """The unopened backend of ``store`` (tests replace this to run on fakes).
+
+    ``insert_first``: a backfill's target, where most keys are absent (DocumentDB then
+    inserts before it tries the guarded replace: one round trip instead of two).
+    """
+    return settings.backend(store, insert_first=insert_first)
 
 
 def add_parsers(sub: Any) -> None:
@@ -257,7 +263,7 @@ async def _run(args: argparse.Namespace) -> int:
     source = target = None
     try:
         source = make_backend(settings, source_store)
-        target = make_backend(settings, target_store)
+        target = make_backend(settings, target_store, insert_first=action is JobAction.BACKFILL)
         checkpoints = SqliteCheckpointStore(args.checkpoint)
         enabled = not args.no_progress and sys.stderr.isatty()
         bar = ProgressBar(f"{action} {source_store}->{target_store}", enabled=enabled)

@@ -45,9 +45,14 @@ log = logging.getLogger(__name__)
 async def open_stores(
     settings: ConnectionSettings | None = None,
 ) -> AsyncIterator[dict[Store, SessionBackend]]:
-    """Both stores from ``settings`` (default: the environment), closed on exit."""
+    """Both stores from ``settings`` (default: the environment), closed on exit.
+
+    DocumentDB inserts before it tries the guarded replace (``insert_first``), as a
+    backfill's target should: the outcome is the same for every unit, and a backfill
+    into a mostly empty collection saves a round trip per session.
+    """
     config = settings or ConnectionSettings.from_env()
-    stores = {store: config.backend(store) for store in Store}
+    stores = {store: config.backend(store, insert_first=True) for store in Store}
     try:
         yield stores
     finally:

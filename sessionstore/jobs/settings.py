@@ -176,11 +176,14 @@ class ConnectionSettings(BaseModel):
         settings: Any = DocumentDBSettings(**values)  # raises ConfigurationError itself
         return settings
 
-    def backend(self, store: Store, **overrides: Any) -> SessionBackend:
+    def backend(
+        self, store: Store, *, insert_first: bool = False, **overrides: Any
+    ) -> SessionBackend:
         """An unopened backend for ``store``; nothing connects until it is used.
 
         The DocumentDB backend is built with ``ensure_indexes=False``: a job creates the
         TTL index explicitly, and only on a store it writes to, after its checks.
+        ``insert_first`` is for a backfill's DocumentDB target (Cassandra ignores it).
         """
         if store is Store.CASSANDRA:
             from sessionstore.backends.cassandra import CassandraBackend
@@ -189,7 +192,9 @@ class ConnectionSettings(BaseModel):
         from sessionstore.backends.documentdb import DocumentDBBackend
 
         return DocumentDBBackend.connect(
-            self.documentdb_settings(**overrides), ensure_indexes=False
+            self.documentdb_settings(**overrides),
+            ensure_indexes=False,
+            insert_first=insert_first,
         )
 
     def describe(self, store: Store) -> str:

@@ -92,8 +92,10 @@ async def fresh_collection() -> AsyncIterator[AsyncCollection[dict[str, Any]]]:
 class _TestBackend(DocumentDBBackend):
     """Drops its collection and releases the shared client when closed."""
 
-    def __init__(self, collection: AsyncCollection[dict[str, Any]]) -> None:
-        super().__init__(collection, name="documentdb")
+    def __init__(
+        self, collection: AsyncCollection[dict[str, Any]], *, insert_first: bool = False
+    ) -> None:
+        super().__init__(collection, name="documentdb", insert_first=insert_first)
         self._test_collection = collection
 
     async def _close(self) -> None:
@@ -105,10 +107,12 @@ class _TestBackend(DocumentDBBackend):
             await super()._close()
 
 
-async def open_documentdb_store() -> StoreHandle:
+async def open_documentdb_store(*, insert_first: bool = False) -> StoreHandle:
     """An opened DocumentDBBackend on a fresh collection of the real server."""
     client = await acquire_client()
-    backend = _TestBackend(client[TEST_DATABASE][fresh_collection_name()])
+    backend = _TestBackend(
+        client[TEST_DATABASE][fresh_collection_name()], insert_first=insert_first
+    )
     try:
         await backend.__aenter__()
     except BaseException:

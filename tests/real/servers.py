@@ -27,8 +27,8 @@ async def open_real_store(kind: str) -> StoreHandle:
         from tests.real.cassandra_store import open_cassandra_store
 
         return await open_cassandra_store()
-    if kind == "documentdb":
+    if kind in ("documentdb", "documentdb-insert-first"):
         from tests.real.documentdb_store import open_documentdb_store
 
-        return await open_documentdb_store()
+        return await open_documentdb_store(insert_first=kind.endswith("insert-first"))
     raise ValueError(kind)

@@ -239,7 +239,32 @@ async def test_delete_races_a_concurrent_creator_the_same_way(
         assert await store.get(theirs.session_id) == expected
 
 
-async def test_a_duplicate_on_another_unique_index_is_not_swallowed() -> None:
+@pytest.mark.parametrize(
+    ("stored_revision", "kept"), [(None, "ours"), (100, "ours"), (200, "theirs"), (300, "theirs")]
+)
+async def test_insert_first_gives_the_same_outcome_in_fewer_round_trips(
+    collection: AsyncCollection[dict[str, Any]], stored_revision: int | None, kept: str
+) -> None:
+    # A backfill's target: the insert goes first, the guarded replace only on a duplicate.
+    ours = make_session(revision=200)
+    theirs = ours.model_copy(update={"revision": stored_revision or 1})
+    if stored_revision is not None:
+        await collection.insert_one(to_doc(theirs))
+    duck = DuckCollection(collection)
+    async with DocumentDBBackend(duck, ensure_indexes=False, insert_first=True) as store:
+        assert store.insert_first
+        await store.save(ours)
+        if stored_revision is None:
+            assert duck.calls == [("insert_one", "ok")]  # one round trip, not two
+        else:
+            replaced = int(stored_revision < ours.revision)
+            assert duck.calls == [("insert_one", "duplicate"), ("replace_one", replaced)]
+        expected = ours if kept == "ours" else theirs
+        assert await store.get(ours.session_id) == StoredRecord.of(expected)
+
+
+@pytest.mark.parametrize("insert_first", [False, True])
+async def test_a_duplicate_on_another_unique_index_is_not_swallowed(insert_first: bool) -> None:
     class OtherIndexCollision(DuckCollection):
         async def replace_one(
             self, filter: Mapping[str, Any], replacement: Mapping[str, Any]
@@ -253,7 +278,7 @@ async def test_a_duplicate_on_another_unique_index_is_not_swallowed() -> None:
 
     coll = OtherIndexCollision.__new__(OtherIndexCollision)
     coll.calls = []
-    async with DocumentDBBackend(coll, ensure_indexes=False) as store:
+    async with DocumentDBBackend(coll, ensure_indexes=False, insert_first=insert_first) as store:
         with pytest.raises(BackendRejectedError) as info:
             await store.save(make_session(revision=1))
     assert isinstance(info.value.__cause__, DuplicateKeyError)

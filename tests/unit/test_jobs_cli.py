@@ -40,10 +40,14 @@ class Fakes:
     def __init__(self) -> None:
         self.data = {s: InMemoryBackend(name=s.value) for s in Store}
         self.built: list[Store] = []
+        self.insert_first: dict[Store, bool] = {}
         self.faults: dict[Store, type[Exception]] = {}
 
-    def factory(self, settings: ConnectionSettings, store: Store) -> _Kept:
+    def factory(
+        self, settings: ConnectionSettings, store: Store, *, insert_first: bool = False
+    ) -> _Kept:
         self.built.append(store)
+        self.insert_first[store] = insert_first
         backend = _Kept(self.data[store])
         if store in self.faults:
             backend.go_down(error=self.faults[store])  # type: ignore[arg-type]
@@ -141,6 +145,17 @@ def test_id_file_backfill(fakes: Fakes, capsys: pytest.CaptureFixture[str], tmp_
     assert (report["counts"]["sessions"], report["counts"]["absent"]) == (5, 1)
     assert report["job"].startswith("backfill-documentdb-to-cassandra-ids-")
     assert set(fakes.records(Store.CASSANDRA)) == set(ids[:5])
+
+
+def test_only_a_backfill_target_inserts_first(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.seed(Store.CASSANDRA, 5)
+    assert main(["backfill", "--source", "cassandra", "--parts", "2", "--json"]) == 0
+    assert fakes.insert_first == {Store.CASSANDRA: False, Store.DOCUMENTDB: True}
+    assert main(["verify", "--source", "cassandra", "--parts", "2", "--repair", "--json"]) == 0
+    assert fakes.insert_first == {Store.CASSANDRA: False, Store.DOCUMENTDB: False}
+    capsys.readouterr()
 
 
 def test_page_flags_reach_the_job(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:

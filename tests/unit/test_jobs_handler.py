@@ -76,3 +76,21 @@ def test_run_message_rejects_malformed_messages_before_any_store(
 ) -> None:
     with pytest.raises(ConfigurationError, match="invalid work unit"):
         handler.run_message('{"job": "x"}')
+
+
+async def test_the_workers_documentdb_store_inserts_first() -> None:
+    # Nothing connects until a store is used: this only builds and closes them.
+    from sessionstore.backends.cassandra import CassandraBackend
+    from sessionstore.backends.documentdb import DocumentDBBackend
+    from sessionstore.jobs.settings import ConnectionSettings
+
+    settings = ConnectionSettings(
+        cassandra_keyspace="exams",
+        mongodb_uri="mongodb://app:pw@db:27017/",
+        documentdb_database="assessments",
+    )
+    async with handler.open_stores(settings) as stores:
+        documentdb = stores[Store.DOCUMENTDB]
+        assert isinstance(documentdb, DocumentDBBackend)
+        assert documentdb.insert_first
+        assert isinstance(stores[Store.CASSANDRA], CassandraBackend)
