@@ -327,22 +327,6 @@ async def _launchdarkly_read(
         phases=source,
         repairs=InMemoryRepairQueue(),
     )
-    # The same, but reading the other store only once the authoritative one answered.
-    repo_after = SessionRepository(
-        cassandra=await servers.cassandra_backend(table),
-        documentdb=await servers.documentdb_backend(collection),
-        phases=source,
-        repairs=InMemoryRepairQueue(),
-        shadow_read=ShadowRead.AFTER_PRIMARY,
-    )
-
-    def pause(seconds: float) -> Callable[[], Awaitable[None]]:
-        return lambda: asyncio.sleep(seconds)
-
-    async def settle() -> None:
-        await repo.wait_for_comparisons()
-        await repo_after.wait_for_comparisons()
-
     raw = RawCassandra(servers.session, KEYSPACE, table, CONSISTENCY)
     n = len(ids)
     try:
