@@ -176,11 +176,15 @@ class PageBudget:
     """Sizes scan pages so that one holds about ``page_bytes`` of sessions.
 
     A page asks for at most ``page_size`` records, and fewer when the records seen so
-    far (by every unit of the job) are large: ``page_bytes`` over their average encoded
-    size (:func:`~sessionstore.model.encoded_size`, an upper bound), a moving average
-    that follows the table's mix. Until a first page has been seen, pages ask for at
-    most :attr:`PROBE` records. Memory then stays about ``concurrency * page_bytes``
-    whatever the sessions' sizes, instead of ``concurrency * page_size`` sessions.
+    far (by every unit of the job) are large: ``page_bytes`` over their encoded size per
+    record (:func:`~sessionstore.model.encoded_size`, an upper bound), estimated as the
+    larger of a moving average and the largest record of the last page, so that larger
+    sessions shrink the very next page. Until a first page has been seen, pages ask
+    for at most :attr:`PROBE` records. Memory then stays about ``concurrency *
+    page_bytes`` whatever the sessions' sizes, instead of ``concurrency * page_size``
+    sessions. The scan's limit counts records, not bytes, so the page that first meets
+    larger sessions than those before it can hold more than ``page_bytes``: up to
+    ``page_size`` of them.
     """
 
     PROBE = 10
@@ -190,22 +194,24 @@ class PageBudget:
         self.page_size = page_size
         self.page_bytes = page_bytes
         self.bytes_per_record: float | None = None
+        self._last_max = 0
 
     def limit(self) -> int:
         """How many records the next page should ask for."""
         if self.bytes_per_record is None:
             return min(self.page_size, self.PROBE)
-        fits = int(self.page_bytes // max(self.bytes_per_record, 1.0))
-        return max(1, min(self.page_size, fits))
+        estimate = max(self.bytes_per_record, self._last_max, 1.0)
+        return max(1, min(self.page_size, int(self.page_bytes // estimate)))
 
     def observe(self, records: Sequence[StoredRecord]) -> None:
-        """Update the average with a page just read."""
+        """Update the estimate with a page just read."""
         if not records:
             return
-        size = sum(256 if r.session is None else encoded_size(r.session) for r in records)
-        mean = size / len(records)
+        sizes = [256 if r.session is None else encoded_size(r.session) for r in records]
+        mean = sum(sizes) / len(sizes)
         old = self.bytes_per_record
         self.bytes_per_record = mean if old is None else old + self._WEIGHT * (mean - old)
+        self._last_max = max(sizes)
 
 
 class UnitJob:

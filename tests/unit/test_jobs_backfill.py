@@ -239,14 +239,11 @@ async def test_pages_are_bounded_by_page_size(stores) -> None:  # type: ignore[n
     assert c.inner.records() == d.inner.records()
 
 
-async def test_pages_of_large_sessions_hold_about_page_bytes(stores) -> None:  # type: ignore[no-untyped-def]
-    c, d = stores
-    for i in range(60):
-        await c.inner.save(make_session(revision=1_000 + i, attachment_bytes=200_000))
-    await _seed(c, 60)  # small ones too: the budget follows the mix
+def _spy_pages(store: FaultInjectingBackend) -> tuple[list[int], list[int]]:
+    """Record each scan's limit and the encoded bytes of the page it returned."""
     limits: list[int] = []
     held: list[int] = []
-    real_scan = c.inner.scan
+    real_scan = store.inner.scan
 
     async def spy(key_range, *, cursor=None, limit=500):  # type: ignore[no-untyped-def]
         limits.append(limit)
@@ -254,16 +251,49 @@ async def test_pages_of_large_sessions_hold_about_page_bytes(stores) -> None:  #
         held.append(sum(encoded_size(r.session) for r in page.records if r.session))
         return page
 
-    c.inner.scan = spy
+    store.inner.scan = spy
+    return limits, held
+
+
+async def test_pages_of_a_mixed_table_hold_about_page_bytes(stores) -> None:  # type: ignore[no-untyped-def]
+    c, d = stores
+    # In key order: one large session (200 KB) in every four, as in a mixed table.
+    for i in range(120):
+        size = 200_000 if i % 4 == 0 else 0
+        session_id = uuid.UUID(int=(i + 1) << 64)
+        await c.inner.save(
+            make_session(session_id=session_id, revision=1_000 + i, attachment_bytes=size)
+        )
+    limits, held = _spy_pages(c)
     job = BackfillJob(c, d, page_size=100, page_bytes=1_000_000, concurrency=1)
     report = await job.run(job.plan(parts=1))
     assert report.counts["sessions"] == 120
     assert c.inner.records() == d.inner.records()
     assert limits[0] == PageBudget.PROBE
     assert max(limits[1:]) < 100  # the large sessions shrank the pages
-    # No page after the probe holds more than about twice the budget (the average
-    # lags a change in the mix by a page or two).
-    assert max(held[1:]) <= 2_000_000
+    assert max(held[1:]) <= 1_100_000  # about the budget, never page_size of them
+
+
+async def test_a_run_of_larger_sessions_shrinks_the_next_page(stores) -> None:  # type: ignore[no-untyped-def]
+    c, d = stores
+    # In key order: 200 small sessions, then 60 of 200 KB.
+    for i in range(260):
+        size = 200_000 if i >= 200 else 0
+        session_id = uuid.UUID(int=(i + 1) << 64)
+        await c.inner.save(
+            make_session(session_id=session_id, revision=1_000 + i, attachment_bytes=size)
+        )
+    limits, held = _spy_pages(c)
+    job = BackfillJob(c, d, page_size=50, page_bytes=1_000_000, concurrency=1)
+    await job.run(job.plan(parts=1))
+    assert c.inner.records() == d.inner.records()
+    over = [n for n, h in enumerate(held) if h > 1_300_000]
+    # The scan's limit counts records: only the page that meets the change overshoots,
+    # and the next one asks for what fits the budget (1 MB / 200 KB: at most 5).
+    assert len(over) <= 1
+    if over and over[0] + 1 < len(limits):
+        assert limits[over[0] + 1] <= 5
+    assert max(held) <= 50 * 200_000 * 1.1
 
 
 @pytest.mark.parametrize("page_bytes", [0, -1, True])
