@@ -498,17 +498,8 @@ class DocumentDBBackend(LifecycleMixin):
         # insert's duplicate key is E11000 on every engine.
         guard = {"_id": doc["_id"], "revision": {"$lt": Int64(revision)}}
         try:
-            if self._insert_first:
-                try:
-                    await coll.insert_one(doc)
-                    return
-                except DuplicateKeyError as exc:
-                    if not _is_id_collision(exc):
-                        raise
-                # The key exists: the guarded replace decides, as below.
-                await coll.replace_one(guard, doc)
-                return
-            if (await coll.replace_one(guard, doc)).matched_count:
+            # Replace first (the default), or go straight to the insert (insert_first).
+            if not self._insert_first and (await coll.replace_one(guard, doc)).matched_count:
                 return
             try:
                 await coll.insert_one(doc)
@@ -516,7 +507,8 @@ class DocumentDBBackend(LifecycleMixin):
             except DuplicateKeyError as exc:
                 if not _is_id_collision(exc):
                     raise
-                # Someone created the key between our replace and insert: retry once.
+                # The key exists: created by someone else between our replace and
+                # insert, or already there (insert_first). The guarded replace decides.
             await coll.replace_one(guard, doc)
             # Matching nothing here means an equal or newer revision is stored: no-op.
         except (PyMongoError, BSONError) as exc:
