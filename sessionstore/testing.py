@@ -71,20 +71,11 @@ class _Fault:
         return self.rng is None or self.rng.random() < self.rate
 
 
-class FaultInjectingBackend(LifecycleMixin):
-    """Wraps a backend to fail calls, slow them down, and record them in order.
+class _WrappingBackend(LifecycleMixin):
+    """What a wrapper of another backend shares: its name, key space and lifecycle."""
 
-    Several wrappers may share one ``calls`` list to assert the order of writes across
-    stores.
-    """
-
-    def __init__(self, inner: Any, *, calls: list[Call] | None = None) -> None:
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.calls: list[Call] = calls if calls is not None else []
-        self._faults: list[_Fault] = []
-        self._latency: dict[str | None, float] = {}
-        #: How many calls an injected fault has failed so far.
-        self.injected = 0
         self._lifecycle_name = f"backend {inner.name!r}"
 
     @property
@@ -97,6 +88,28 @@ class FaultInjectingBackend(LifecycleMixin):
         """The wrapped backend's key space."""
         result: KeyRange = self.inner.key_space
         return result
+
+    async def _open(self) -> None:
+        await self.inner.__aenter__()
+
+    async def _close(self) -> None:
+        await self.inner.aclose()
+
+
+class FaultInjectingBackend(_WrappingBackend):
+    """Wraps a backend to fail calls, slow them down, and record them in order.
+
+    Several wrappers may share one ``calls`` list to assert the order of writes across
+    stores.
+    """
+
+    def __init__(self, inner: Any, *, calls: list[Call] | None = None) -> None:
+        super().__init__(inner)
+        self.calls: list[Call] = calls if calls is not None else []
+        self._faults: list[_Fault] = []
+        self._latency: dict[str | None, float] = {}
+        #: How many calls an injected fault has failed so far.
+        self.injected = 0
 
     def fail_next(
         self,
@@ -139,12 +152,6 @@ class FaultInjectingBackend(LifecycleMixin):
         self._faults.clear()
         self._latency.clear()
 
-    async def _open(self) -> None:
-        await self.inner.__aenter__()
-
-    async def _close(self) -> None:
-        await self.inner.aclose()
-
     async def _enter(self, operation: str, sid: uuid.UUID | None) -> None:
         await self._ensure_open()
         self.calls.append(Call(self.name, operation, sid))
@@ -183,7 +190,7 @@ class FaultInjectingBackend(LifecycleMixin):
         return page
 
 
-class KeySerializingBackend(LifecycleMixin):
+class KeySerializingBackend(_WrappingBackend):
     """Wraps a backend so that writes to one session id never overlap (in this process).
 
     For engines whose conditional write is a read followed by a write, not one atomic
@@ -198,22 +205,10 @@ class KeySerializingBackend(LifecycleMixin):
     """
 
     def __init__(self, inner: Any) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
-        self._lifecycle_name = f"backend {inner.name!r}"
-
-    @property
-    def name(self) -> str:
-        """The wrapped backend's name."""
-        return str(self.inner.name)
-
-    @property
-    def key_space(self) -> KeyRange:
-        """The wrapped backend's key space."""
-        result: KeyRange = self.inner.key_space
-        return result
 
     def _lock(self, session_id: uuid.UUID) -> asyncio.Lock:
         lock = self._locks.get(session_id)
@@ -221,12 +216,6 @@ class KeySerializingBackend(LifecycleMixin):
             lock = asyncio.Lock()
             self._locks[session_id] = lock
         return lock
-
-    async def _open(self) -> None:
-        await self.inner.__aenter__()
-
-    async def _close(self) -> None:
-        await self.inner.aclose()
 
     async def get(self, session_id: uuid.UUID) -> StoredRecord | None:
         """Forwarded."""
