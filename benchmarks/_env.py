@@ -32,6 +32,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from benchmarks._raw import cql
 from sessionstore.backends.cassandra import CassandraBackend, CassandraSettings, schema_cql
 from sessionstore.backends.documentdb import DocumentDBBackend, DocumentDBSettings
+from sessionstore.phases import PhaseSource
+from sessionstore.repair import InMemoryRepairQueue
+from sessionstore.repository import SessionRepository
 
 CASSANDRA_HOSTS = os.environ.get("SESSIONSTORE_CASSANDRA_HOSTS", "127.0.0.1").split(",")
 CASSANDRA_PORT = int(os.environ.get("SESSIONSTORE_CASSANDRA_PORT", "19042"))
@@ -193,6 +196,23 @@ class Servers:
         backend = DocumentDBBackend.connect(settings, name=name, insert_first=insert_first)
         await backend.__aenter__()
         return backend
+
+    async def repository(
+        self,
+        table: str,
+        collection: AsyncCollection[Doc],
+        phases: PhaseSource,
+        **options: Any,
+    ) -> SessionRepository:
+        """A repository as a service builds it: both backends connected by settings, an
+        in-memory repair queue; ``options`` go to :class:`SessionRepository`."""
+        return SessionRepository(
+            cassandra=await self.cassandra_backend(table),
+            documentdb=await self.documentdb_backend(collection),
+            phases=phases,
+            repairs=InMemoryRepairQueue(),
+            **options,
+        )
 
     async def aclose(self) -> None:
         """Drop what this run created (the keyspace and database too, if left empty)."""

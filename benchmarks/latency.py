@@ -36,9 +36,7 @@ from benchmarks.flags import TimedPhaseSource
 from benchmarks.report import Row, latency_row
 from sessionstore import (
     PHASE_PLANS,
-    InMemoryRepairQueue,
     Phase,
-    SessionRepository,
     SessionStatus,
     ShadowRead,
     StaticPhaseSource,
@@ -191,19 +189,10 @@ async def run(
     collection = await servers.new_collection("lat")
     static = StaticPhaseSource(Phase.DUAL_WRITE)
     source = TimedPhaseSource(static)
-    repo = SessionRepository(
-        cassandra=await servers.cassandra_backend(table),
-        documentdb=await servers.documentdb_backend(collection),
-        phases=source,
-        repairs=InMemoryRepairQueue(),
-    )
+    repo = await servers.repository(table, collection, source)
     # The same, but reading the other store only once the authoritative one answered.
-    repo_after = SessionRepository(
-        cassandra=await servers.cassandra_backend(table),
-        documentdb=await servers.documentdb_backend(collection),
-        phases=source,
-        repairs=InMemoryRepairQueue(),
-        shadow_read=ShadowRead.AFTER_PRIMARY,
+    repo_after = await servers.repository(
+        table, collection, source, shadow_read=ShadowRead.AFTER_PRIMARY
     )
 
     def pause(seconds: float) -> Callable[[], Awaitable[None]]:
@@ -321,12 +310,7 @@ async def _launchdarkly_read(
 
     client, _ = launchdarkly_test_client("session-store-migration", Phase.CASSANDRA_ONLY)
     source = TimedPhaseSource(LaunchDarklyPhaseSource(client, flag_key="session-store-migration"))
-    repo = SessionRepository(
-        cassandra=await servers.cassandra_backend(table),
-        documentdb=await servers.documentdb_backend(collection),
-        phases=source,
-        repairs=InMemoryRepairQueue(),
-    )
+    repo = await servers.repository(table, collection, source)
     raw = RawCassandra(servers.session, KEYSPACE, table, CONSISTENCY)
     n = len(ids)
     try:

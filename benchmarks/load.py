@@ -29,10 +29,8 @@ from benchmarks.latency import Revisions
 from benchmarks.report import Figure, Row
 from sessionstore import (
     PHASE_PLANS,
-    InMemoryRepairQueue,
     Phase,
     PhasePlan,
-    SessionRepository,
     StaticPhaseSource,
     Store,
 )
@@ -87,12 +85,7 @@ async def run(
     collection = await servers.new_collection("load")
     static = StaticPhaseSource(Phase.DUAL_WRITE)
     source = TimedPhaseSource(static)
-    repo = SessionRepository(
-        cassandra=await servers.cassandra_backend(table),
-        documentdb=await servers.documentdb_backend(collection),
-        phases=source,
-        repairs=InMemoryRepairQueue(),
-    )
+    repo = await servers.repository(table, collection, source)
     raw = RawCassandra(servers.session, KEYSPACE, table, CONSISTENCY)
     revisions = Revisions()
     background: set[asyncio.Task[Any]] = set()

@@ -26,7 +26,7 @@ from benchmarks._env import CONSISTENCY, KEYSPACE, Servers
 from benchmarks._raw import RawCassandra
 from benchmarks.backfill import CassandraTarget, _Bench
 from benchmarks.latency import Revisions
-from sessionstore import InMemoryRepairQueue, Phase, SessionRepository, StaticPhaseSource
+from sessionstore import Phase, StaticPhaseSource
 from sessionstore.backends._cql_codec import to_row
 
 SCENARIOS = ("read", "write", "shadow", "backfill")
@@ -49,12 +49,7 @@ async def _repository(servers: Servers, scenario: str) -> None:
     collection = await servers.new_collection("prof")
     phase = {"shadow": Phase.SHADOW}.get(scenario, Phase.CASSANDRA_ONLY)
     static = StaticPhaseSource(Phase.DUAL_WRITE)  # both stores hold the sessions
-    repo = SessionRepository(
-        cassandra=await servers.cassandra_backend(table),
-        documentdb=await servers.documentdb_backend(collection),
-        phases=static,
-        repairs=InMemoryRepairQueue(),
-    )
+    repo = await servers.repository(table, collection, static)
     raw = RawCassandra(servers.session, KEYSPACE, table, CONSISTENCY)
     revisions = Revisions()
     async with repo:
