@@ -25,7 +25,6 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -88,6 +87,17 @@ Text = Annotated[
 LongText = Annotated[str, StringConstraints(max_length=1_000_000), AfterValidator(_portable_text)]
 
 
+def _portable_keys(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        _portable_key(key)
+    return value
+
+
+#: The rules of StudentSession.metadata, in one type: the model and ensure_session's
+#: re-check of a validated session's (mutable) dict both use it.
+Metadata = Annotated[dict[str, LongText], AfterValidator(_portable_keys)]
+
+
 class SessionStatus(enum.StrEnum):
     """Where a student is in a session."""
 
@@ -148,15 +158,8 @@ class StudentSession(_Strict):
     started_at: UtcMillis = Field(default_factory=_now)
     updated_at: UtcMillis = Field(default_factory=_now)
     answers: tuple[Answer, ...] = ()
-    metadata: dict[str, LongText] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     revision: int = Field(default=0, ge=0, lt=2**63)
-
-    @field_validator("metadata")
-    @classmethod
-    def _check_metadata_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            _portable_key(key)
-        return value
 
     @model_validator(mode="after")
     def _remember_validated(self) -> Self:
@@ -207,9 +210,7 @@ def _to_invalid(exc: ValidationError, prefix: tuple[str, ...] = ()) -> InvalidSe
 # so they are validated in full. A weak reference drops the entry when the session dies,
 # before its id can be reused.
 _VALIDATED: dict[int, weakref.ref[StudentSession]] = {}
-_METADATA: TypeAdapter[dict[str, str]] = TypeAdapter(
-    dict[str, LongText], config=ConfigDict(strict=True)
-)
+_METADATA: TypeAdapter[dict[str, str]] = TypeAdapter(Metadata, config=ConfigDict(strict=True))
 
 
 def _forget(key: int, ref: weakref.ref[StudentSession]) -> None:
@@ -228,17 +229,11 @@ def _is_validated(session: StudentSession) -> bool:
 
 
 def _check_metadata(metadata: object) -> None:
-    # The same rules as StudentSession.metadata, for a dict changed after validation.
+    # For a validated session's dict, which may have been changed in place since.
     try:
         _METADATA.validate_python(metadata)
-        for key in metadata:  # type: ignore[attr-defined]  # a dict: validated above
-            _portable_key(key)
     except ValidationError as exc:
         raise _to_invalid(exc, prefix=("metadata",)) from exc
-    except ValueError:
-        raise InvalidSessionError(
-            "invalid session: metadata (value_error)", fields=("metadata",)
-        ) from None
 
 
 def with_revision(session: StudentSession, revision: int) -> StudentSession:
