@@ -172,27 +172,23 @@ async def mongo_get(collection: AsyncCollection[Doc], session_id: uuid.UUID) -> 
     return await collection.find_one({"_id": bson_id(session_id)})
 
 
-async def mongo_put(collection: AsyncCollection[Doc], doc: Doc, revision: int) -> None:
-    """The backend's conditional write of ``doc`` at ``revision``, spelled out."""
+async def mongo_put(
+    collection: AsyncCollection[Doc], doc: Doc, revision: int, *, insert_first: bool = False
+) -> None:
+    """The backend's conditional write of ``doc`` at ``revision``, spelled out.
+
+    ``insert_first``: the order of a backfill's target (and of a copy loop into a mostly
+    empty collection): the insert, and the conditional replace only on a duplicate key.
+    """
     rev = Int64(revision)
     doc = {**doc, "revision": rev}
     guard = {"_id": doc["_id"], "revision": {"$lt": rev}}
-    if (await collection.replace_one(guard, doc)).matched_count:
+    if not insert_first and (await collection.replace_one(guard, doc)).matched_count:
         return
     try:
         await collection.insert_one(doc)
     except DuplicateKeyError:
         await collection.replace_one(guard, doc)
-
-
-async def mongo_insert_first(collection: AsyncCollection[Doc], doc: Doc, revision: int) -> None:
-    """A copy loop's write into a mostly empty target: insert, else the conditional replace."""
-    rev = Int64(revision)
-    doc = {**doc, "revision": rev}
-    try:
-        await collection.insert_one(doc)
-    except DuplicateKeyError:
-        await collection.replace_one({"_id": doc["_id"], "revision": {"$lt": rev}}, doc)
 
 
 def millis(value: dt.datetime) -> int:

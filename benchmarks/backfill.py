@@ -41,7 +41,7 @@ from benchmarks._raw import (
     BUSY_RETRIES,
     RawCassandra,
     bson_id,
-    mongo_insert_first,
+    mongo_put,
     row_to_doc,
     row_to_values,
     same_content,
@@ -135,7 +135,7 @@ class DocumentDBTarget:
 
     async def put(self, row: Any) -> None:
         doc = row_to_doc(row)
-        await mongo_insert_first(self.collection, doc, doc["revision"])
+        await mongo_put(self.collection, doc, doc["revision"], insert_first=True)
 
     async def holds(self, row: Any) -> bool:
         expected = row_to_doc(row)
