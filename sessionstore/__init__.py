@@ -6,13 +6,22 @@ from sessionstore._errors import (
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
+    ConflictError,
+    InvalidRevisionError,
     InvalidSessionError,
     RepairQueueError,
     RepositoryClosedError,
     SessionStoreError,
     SessionTooLargeError,
 )
-from sessionstore.backends import InMemoryBackend, KeyRange, SessionBackend, StoredRecord
+from sessionstore.backends import (
+    InMemoryBackend,
+    KeyRange,
+    RecordHead,
+    SessionBackend,
+    StoredRecord,
+    WriteResult,
+)
 from sessionstore.divergence import Divergence, DivergenceKind, compare_records
 from sessionstore.model import (
     MAX_ENCODED_SIZE,
@@ -31,13 +40,17 @@ from sessionstore.phases import (
     Store,
 )
 from sessionstore.repair import (
+    DeadLetter,
     InMemoryRepairQueue,
+    QueueStats,
+    RepairOutcome,
     RepairQueue,
     RepairReport,
     RepairWorker,
     SqliteRepairQueue,
 )
 from sessionstore.repository import RepositoryState, SessionRepository, ShadowRead
+from sessionstore.revision import HybridClock, Revision
 
 __all__ = [
     "MAX_ENCODED_SIZE",
@@ -49,10 +62,14 @@ __all__ = [
     "BackendTimeoutError",
     "BackendUnavailableError",
     "ConfigurationError",
+    "ConflictError",
+    "DeadLetter",
     "Divergence",
     "DivergenceKind",
+    "HybridClock",
     "InMemoryBackend",
     "InMemoryRepairQueue",
+    "InvalidRevisionError",
     "InvalidSessionError",
     "KeyRange",
     "LaunchDarklyPhaseSource",
@@ -60,12 +77,16 @@ __all__ = [
     "Phase",
     "PhasePlan",
     "PhaseSource",
+    "QueueStats",
+    "RecordHead",
+    "RepairOutcome",
     "RepairQueue",
     "RepairQueueError",
     "RepairReport",
     "RepairWorker",
     "RepositoryClosedError",
     "RepositoryState",
+    "Revision",
     "SessionBackend",
     "SessionRepository",
     "SessionStatus",
@@ -77,6 +98,7 @@ __all__ = [
     "Store",
     "StoredRecord",
     "StudentSession",
+    "WriteResult",
     "compare_records",
 ]
 

@@ -4,7 +4,9 @@
 
     SessionStoreError
     ├── InvalidSessionError          bad input, raised before any store is touched
-    │   └── SessionTooLargeError     encoded session above MAX_ENCODED_SIZE
+    │   ├── SessionTooLargeError     encoded session above MAX_ENCODED_SIZE
+    │   └── InvalidRevisionError     a revision out of range, or too far in the future
+    ├── ConflictError                a newer revision is stored: this write is not the newest
     ├── RepositoryClosedError        a call on a repository that is not open
     ├── ConfigurationError           a backend, phase source or job was set up wrongly
     └── BackendError                 a store failed; ``store`` names which one
@@ -20,12 +22,16 @@ kept as ``__cause__``. Messages never contain session contents or credentials.
 
 from __future__ import annotations
 
+import uuid
+
 __all__ = [
     "BackendError",
     "BackendRejectedError",
     "BackendTimeoutError",
     "BackendUnavailableError",
     "ConfigurationError",
+    "ConflictError",
+    "InvalidRevisionError",
     "InvalidSessionError",
     "RepairQueueError",
     "RepositoryClosedError",
@@ -58,6 +64,47 @@ class SessionTooLargeError(InvalidSessionError):
         )
         self.size = size
         self.limit = limit
+
+
+class InvalidRevisionError(InvalidSessionError):
+    """A revision is not an int in ``[1, 2**63)`` (0 where "none" is allowed), or lies
+    further ahead of this process's clock than the repository's ``max_clock_skew``.
+
+    ``revision`` is the refused value when it was an int in range (else None).
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...], revision: int | None) -> None:
+        super().__init__(message, fields=fields)
+        self.revision = revision
+
+
+class ConflictError(SessionStoreError):
+    """A save or delete did not become the newest version of the session.
+
+    Raised when the authoritative store already holds a newer revision (another writer
+    got there first, possibly with a clock ahead of this one), or, with
+    ``expected_revision``, when the stored revision is not the expected one. Nothing of
+    this call is visible to readers then. ``current_revision`` is the stored revision
+    when known; read the session again and retry on top of it.
+    """
+
+    def __init__(
+        self,
+        session_id: uuid.UUID,
+        *,
+        attempted_revision: int,
+        current_revision: int | None,
+        expected_revision: int | None = None,
+    ) -> None:
+        if expected_revision is not None:
+            what = f"expected revision {expected_revision}, stored {current_revision}"
+        else:
+            what = f"revision {attempted_revision} lost to the stored {current_revision}"
+        super().__init__(f"conflict on session {session_id}: {what}")
+        self.session_id = session_id
+        self.attempted_revision = attempted_revision
+        self.current_revision = current_revision
+        self.expected_revision = expected_revision
 
 
 class RepositoryClosedError(SessionStoreError, RuntimeError):

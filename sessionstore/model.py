@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from sessionstore._errors import InvalidSessionError, SessionTooLargeError
+from sessionstore.revision import Revision, check_revision
 
 __all__ = [
     "MAX_ENCODED_SIZE",
@@ -159,7 +160,7 @@ class StudentSession(_Strict):
     updated_at: UtcMillis = Field(default_factory=_now)
     answers: tuple[Answer, ...] = ()
     metadata: Metadata = Field(default_factory=dict)
-    revision: int = Field(default=0, ge=0, lt=2**63)
+    revision: Revision = 0
 
     @model_validator(mode="after")
     def _remember_validated(self) -> Self:
@@ -242,8 +243,7 @@ def with_revision(session: StudentSession, revision: int) -> StudentSession:
     The copy gets its own metadata dict, so that changing the original's later does not
     change the copy.
     """
-    if isinstance(revision, bool) or not isinstance(revision, int) or not 0 <= revision < 2**63:
-        raise ValueError("revision must be an int in [0, 2**63)")
+    check_revision(revision, allow_zero=True)
     copy = session.model_copy(update={"revision": revision, "metadata": dict(session.metadata)})
     if _is_validated(session):
         _remember(copy)

@@ -15,15 +15,22 @@ Example::
 
 Per call the phase is evaluated once (see :data:`~sessionstore.phases.PHASE_PLANS`):
 writes go to the authoritative store, then the secondary; an authoritative failure
-raises and the secondary is not attempted; a secondary failure is counted, the session
-is queued for repair, and the call succeeds. Reads return the authoritative answer; in
-compare phases the other store is read at the same time and compared in the
-background, off the caller's latency path, and a differing pair is queued for repair.
+raises and the secondary is not attempted; a secondary failure is counted and the call
+succeeds. Reads return the authoritative answer; in compare phases the other store is
+read at the same time and compared in the background, off the caller's latency path,
+and a differing pair is queued for repair.
+
+In the phases that write both stores, every write that does not end with both stores
+acknowledging it is queued for repair: a secondary failure, an authoritative error (a
+timeout may mean the write landed), a conflict, and a call cancelled at any point. The
+queueing is shielded from the cancellation. A save or delete either is the newest
+version stored when it returns, or raises :class:`~sessionstore.ConflictError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import random
@@ -35,10 +42,14 @@ from typing import Self, TypeVar
 
 from opentelemetry.metrics import MeterProvider
 
-from sessionstore._clock import HybridClock
-from sessionstore._errors import ConfigurationError, RepositoryClosedError, SessionStoreError
+from sessionstore._errors import (
+    ConfigurationError,
+    ConflictError,
+    RepositoryClosedError,
+    SessionStoreError,
+)
 from sessionstore._telemetry import RepositoryStats, Telemetry
-from sessionstore.backends.base import SessionBackend, StoredRecord
+from sessionstore.backends.base import SessionBackend, StoredRecord, WriteResult
 from sessionstore.divergence import compare_records
 from sessionstore.model import StudentSession, ensure_session, validate_session_id, with_revision
 from sessionstore.phases import (
@@ -51,11 +62,34 @@ from sessionstore.phases import (
     Store,
 )
 from sessionstore.repair.queue import RepairQueue
+from sessionstore.revision import HybridClock
 
 __all__ = ["RepositoryState", "SessionRepository", "ShadowRead"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Write:
+    """One save or delete on its way through the write path."""
+
+    op: str
+    sid: uuid.UUID
+    revision: int
+    expected: int | None
+    send: Callable[[SessionBackend, int | None], Awaitable[WriteResult]]
+    decision: PhaseDecision
+    plan: PhasePlan
+
+    def conflict(self, current: int | None) -> ConflictError:
+        """The error for this write losing to ``current``."""
+        return ConflictError(
+            self.sid,
+            attempted_revision=self.revision,
+            current_revision=current,
+            expected_revision=self.expected,
+        )
 
 
 class RepositoryState(enum.Enum):
@@ -93,6 +127,9 @@ class SessionRepository:
         compare_sample_ratio: share of reads in compare phases that read both stores.
         shadow_timeout: seconds the background comparison waits for the other store.
         shadow_read: when compare phases start their read of the other store.
+        clock: the revision clock; give each process its own ``writer_id`` (see
+            :class:`~sessionstore.HybridClock`) and a ``max_skew`` above the largest
+            clock difference in the fleet.
     """
 
     def __init__(
@@ -193,11 +230,11 @@ class SessionRepository:
         compare = plan.compare and (self._ratio >= 1.0 or self._rng.random() < self._ratio)
         shadow: asyncio.Task[StoredRecord | None] | None = None
         if compare and self._shadow_read is ShadowRead.PARALLEL:
-            shadow = self._shadow(other, sid, decision, phase)
+            shadow = self._shadow(other, sid, decision)
         decision.record_invoked(plan.read)
         try:
             record = await self._timed(
-                plan.read, "get", self._backends[plan.read].get(sid), decision, phase
+                plan.read, "get", self._backends[plan.read].get(sid), decision
             )
         except BaseException:
             if shadow is not None:
@@ -207,39 +244,68 @@ class SessionRepository:
         if record is not None:
             self._clock.observe(record.revision)
         if compare and shadow is None:
-            shadow = self._shadow(other, sid, decision, phase)
+            shadow = self._shadow(other, sid, decision)
         if shadow is None:
             decision.finish()
         else:
             self._spawn(self._compare(sid, record, shadow, decision, phase))
         return None if record is None else record.session
 
-    async def save(self, session: StudentSession) -> StudentSession:
+    async def save(
+        self, session: StudentSession, *, expected_revision: int | None = None
+    ) -> StudentSession:
         """Save ``session``; returns it with its new revision.
 
-        Raises InvalidSessionError (including SessionTooLargeError) before any store is
-        touched, and a BackendError if the authoritative store fails.
+        The new revision is above ``session.revision`` (the copy you read), so a
+        read-modify-write outranks what it read even if another writer's clock runs
+        ahead. With ``expected_revision`` (the revision you read, 0 for "no live session
+        stored") the save lands only if the stored session is still that one
+        (optimistic concurrency; atomic on DocumentDB, see docs/api.md for Cassandra).
+
+        Raises InvalidSessionError (including SessionTooLargeError and
+        InvalidRevisionError) before any store is touched, ConflictError if a newer
+        revision (or not the expected one) is stored, and a BackendError if the
+        authoritative store fails.
         """
         self._check_open()
         checked = ensure_session(session)
+        after = self._clock.check_input(checked.revision)
+        expected = self._check_expected(expected_revision)
         decision, plan = self._decide(checked.session_id, Operation.WRITE)
-        stored = with_revision(checked, self._clock.next(after=checked.revision))
-        await self._write(plan, decision, "save", stored.session_id, lambda b: b.save(stored))
+        stored = with_revision(checked, self._clock.next(after=max(after, expected or 0)))
+
+        def send(backend: SessionBackend, expect: int | None) -> Awaitable[WriteResult]:
+            return backend.save(stored, expected_revision=expect)
+
+        await self._write(
+            _Write("save", stored.session_id, stored.revision, expected, send, decision, plan)
+        )
         return stored
 
-    async def delete(self, session_id: uuid.UUID | str, *, revision: int = 0) -> int:
+    async def delete(
+        self,
+        session_id: uuid.UUID | str,
+        *,
+        revision: int = 0,
+        expected_revision: int | None = None,
+    ) -> int:
         """Delete the session (a tombstone in each store); returns the tombstone's revision.
 
         Pass the ``revision`` of the copy you read to guarantee the delete outranks it
-        even if another writer's clock runs ahead of this process's.
+        even if another writer's clock runs ahead of this process's; pass it as
+        ``expected_revision`` to delete only that very copy. Raises like :meth:`save`.
         """
         self._check_open()
         sid = validate_session_id(session_id)
-        if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
-            raise ConfigurationError("revision must be a non-negative int")
+        after = self._clock.check_input(revision)
+        expected = self._check_expected(expected_revision)
         decision, plan = self._decide(sid, Operation.WRITE)
-        tombstone = self._clock.next(after=revision)
-        await self._write(plan, decision, "delete", sid, lambda b: b.delete(sid, tombstone))
+        tombstone = self._clock.next(after=max(after, expected or 0))
+
+        def send(backend: SessionBackend, expect: int | None) -> Awaitable[WriteResult]:
+            return backend.delete(sid, tombstone, expected_revision=expect)
+
+        await self._write(_Write("delete", sid, tombstone, expected, send, decision, plan))
         return tombstone
 
     @property
@@ -265,7 +331,7 @@ class SessionRepository:
         return decision, PHASE_PLANS[decision.phase]
 
     async def _timed(
-        self, store: Store, op: str, call: Awaitable[_T], decision: PhaseDecision, phase: Phase
+        self, store: Store, op: str, call: Awaitable[_T], decision: PhaseDecision
     ) -> _T:
         start = time.perf_counter()
         error: str | None = None
@@ -278,32 +344,83 @@ class SessionRepository:
         finally:
             elapsed = time.perf_counter() - start
             decision.record_latency(store, elapsed)
-            self._telemetry.operation(store.value, op, elapsed, phase.value, error)
+            self._telemetry.operation(store.value, op, elapsed, decision.phase.value, error)
 
-    async def _write(
-        self,
-        plan: PhasePlan,
-        decision: PhaseDecision,
-        op: str,
-        sid: uuid.UUID,
-        call: Callable[[SessionBackend], Awaitable[None]],
-    ) -> None:
-        phase = decision.phase
+    def _check_expected(self, expected_revision: int | None) -> int | None:
+        if expected_revision is None:
+            return None
+        return self._clock.check_input(expected_revision, field="expected_revision")
+
+    async def _write(self, write: _Write) -> None:
+        plan, sid = write.plan, write.sid
+        auth, secondary = plan.authoritative, plan.secondary
+        # Why the key is queued, unless the write ends with both stores acknowledging it.
+        reason: str | None = "authoritative_failed"
         try:
-            auth = plan.authoritative
-            decision.record_invoked(auth)
-            await self._timed(auth, op, call(self._backends[auth]), decision, phase)
-            secondary = plan.secondary
-            if secondary is None:
-                return
-            decision.record_invoked(secondary)
-            try:
-                await self._timed(secondary, op, call(self._backends[secondary]), decision, phase)
-            except Exception as exc:  # noqa: BLE001 - the secondary never fails the call
-                self._telemetry.secondary_failure(secondary.value, op, type(exc).__name__)
-                await self._enqueue(sid, "secondary_write_failed")
+            write.decision.record_invoked(auth)
+            result = await self._timed(
+                auth, write.op, write.send(self._backends[auth], write.expected), write.decision
+            )
+            if result.applied is False:
+                reason = "write_conflict"
+                current = result.current_revision
+                if current is None:
+                    current = await self._stored_revision(auth, write)
+                raise write.conflict(current)
+            reason = "write_interrupted"
+            steps: list[Awaitable[object]] = []
+            if secondary is not None:
+                steps.append(self._write_secondary(secondary, write))
+            if result.applied is None:
+                # The store cannot tell whether the write won (Cassandra): read the stored
+                # revision back, at the same time as the secondary write.
+                steps.append(self._stored_revision(auth, write))
+            outcomes = await asyncio.gather(*steps, return_exceptions=True)
+            if secondary is not None:
+                second = outcomes.pop(0)
+                if isinstance(second, BaseException):
+                    raise second
+                reason = second if isinstance(second, str) else None
+            if result.applied is None:
+                stored = outcomes.pop(0)
+                if isinstance(stored, BaseException):
+                    reason = reason or "authoritative_failed"
+                    raise stored
+                if stored != write.revision:
+                    reason = "write_conflict"
+                    raise write.conflict(stored if isinstance(stored, int) else None)
         finally:
-            decision.finish()
+            if secondary is not None and reason is not None:
+                await self._queue_repair(sid, reason)
+            write.decision.finish()
+
+    async def _write_secondary(self, store: Store, write: _Write) -> str | None:
+        """The secondary write; returns why the key needs a repair, None if it landed."""
+        write.decision.record_invoked(store)
+        try:
+            result = await self._timed(
+                store, write.op, write.send(self._backends[store], None), write.decision
+            )
+        except Exception as exc:  # noqa: BLE001 - the secondary never fails the call
+            self._telemetry.secondary_failure(store.value, write.op, type(exc).__name__)
+            return "secondary_write_failed"
+        if result.applied is False:
+            # The secondary holds an equal or newer revision: the stores differ.
+            return "secondary_not_applied"
+        return None
+
+    async def _stored_revision(self, store: Store, write: _Write) -> int:
+        """The revision now stored in ``store`` (0 if nothing), to tell who won a write."""
+        backend = self._backends[store]
+        head = await self._timed(store, "head", backend.head(write.sid), write.decision)
+        return 0 if head is None else head.revision
+
+    async def _queue_repair(self, sid: uuid.UUID, reason: str) -> None:
+        """Queue the key, shielded: a cancelled caller does not cancel the queueing."""
+        task = asyncio.ensure_future(self._enqueue(sid, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        await asyncio.shield(task)
 
     async def _enqueue(self, sid: uuid.UUID, reason: str) -> None:
         try:
@@ -316,11 +433,11 @@ class SessionRepository:
         self._telemetry.repair_enqueued(reason)
 
     def _shadow(
-        self, store: Store, sid: uuid.UUID, decision: PhaseDecision, phase: Phase
+        self, store: Store, sid: uuid.UUID, decision: PhaseDecision
     ) -> asyncio.Task[StoredRecord | None]:
         decision.record_invoked(store)
         return asyncio.create_task(
-            self._timed(store, "get", self._backends[store].get(sid), decision, phase)
+            self._timed(store, "get", self._backends[store].get(sid), decision)
         )
 
     def _spawn(self, coro: Awaitable[None]) -> None:

@@ -18,18 +18,28 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import random
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sessionstore._errors import BackendError, BackendUnavailableError
-from sessionstore.backends.base import KeyRange, LifecycleMixin, ScanPage, StoredRecord
+from sessionstore._errors import BackendError, BackendUnavailableError, ConfigurationError
+from sessionstore.backends.base import (
+    KeyRange,
+    LifecycleMixin,
+    RecordHead,
+    ScanPage,
+    StoredRecord,
+    WriteResult,
+)
 from sessionstore.backends.memory import InMemoryBackend
 from sessionstore.model import StudentSession
 from sessionstore.phases import Phase, PhaseSource, StaticPhaseSource
 from sessionstore.repair.queue import InMemoryRepairQueue, RepairQueue
 from sessionstore.repository import SessionRepository
+from sessionstore.revision import DEFAULT_MAX_SKEW, HybridClock
 
 if TYPE_CHECKING:
     from ldclient.client import LDClient
@@ -40,12 +50,13 @@ __all__ = [
     "FaultInjectingBackend",
     "KeySerializingBackend",
     "MemoryStores",
+    "SimulatedTime",
     "launchdarkly_test_client",
     "memory_repository",
     "set_launchdarkly_phase",
 ]
 
-OPERATIONS = ("get", "save", "delete", "scan")
+OPERATIONS = ("get", "head", "save", "delete", "purge", "scan")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,12 +72,15 @@ class Call:
 class _Fault:
     remaining: int | None  # None = until healed
     operation: str | None
-    error: type[BackendError]
+    error: type[BackendError] | None  # None: cancel the calling task instead
+    after: bool = False  # fire once the inner call has applied
     rate: float = 1.0
     rng: random.Random | None = None
 
-    def fires(self, operation: str) -> bool:
-        if self.operation not in (None, operation) or self.remaining == 0:
+    def fires(self, operation: str, after: bool) -> bool:
+        if self.after is not after or self.remaining == 0:
+            return False
+        if self.operation not in (None, operation):
             return False
         return self.rng is None or self.rng.random() < self.rate
 
@@ -97,10 +111,16 @@ class _WrappingBackend(LifecycleMixin):
 
 
 class FaultInjectingBackend(_WrappingBackend):
-    """Wraps a backend to fail calls, slow them down, and record them in order.
+    """Wraps a backend to fail, cancel, hang or slow calls, and record them in order.
 
-    Several wrappers may share one ``calls`` list to assert the order of writes across
-    stores.
+    Faults fire *before* the call reaches the store (nothing applied) or, with
+    ``after=True``, once the store has applied it: the caller then sees an error (a
+    timeout whose write landed) or is cancelled although the write is stored. Several
+    wrappers may share one ``calls`` list to assert the order of writes across stores::
+
+        stores.documentdb.fail_next(1, operation="save", error=BackendTimeoutError, after=True)
+        stores.cassandra.cancel_next(operation="save", after=True)   # cancelled between writes
+        stores.documentdb.freeze()                                   # hangs until thaw()
     """
 
     def __init__(self, inner: Any, *, calls: list[Call] | None = None) -> None:
@@ -108,7 +128,8 @@ class FaultInjectingBackend(_WrappingBackend):
         self.calls: list[Call] = calls if calls is not None else []
         self._faults: list[_Fault] = []
         self._latency: dict[str | None, float] = {}
-        #: How many calls an injected fault has failed so far.
+        self._frozen: dict[str | None, asyncio.Event] = {}
+        #: How many calls an injected fault has failed or cancelled so far.
         self.injected = 0
 
     def fail_next(
@@ -117,9 +138,19 @@ class FaultInjectingBackend(_WrappingBackend):
         *,
         operation: str | None = None,
         error: type[BackendError] = BackendUnavailableError,
+        after: bool = False,
     ) -> None:
-        """Make the next ``count`` calls (of ``operation``, or any) raise ``error``."""
-        self._faults.append(_Fault(count, _check_op(operation), error))
+        """Make the next ``count`` calls (of ``operation``, or any) raise ``error``.
+
+        ``after=True`` raises once the wrapped store has applied the call.
+        """
+        self._faults.append(_Fault(count, _check_op(operation), error, after))
+
+    def cancel_next(
+        self, count: int = 1, *, operation: str | None = None, after: bool = False
+    ) -> None:
+        """Cancel the calling task at the next ``count`` calls, before or ``after`` applying."""
+        self._faults.append(_Fault(count, _check_op(operation), None, after))
 
     def go_down(
         self,
@@ -137,56 +168,112 @@ class FaultInjectingBackend(_WrappingBackend):
         operation: str | None = None,
         seed: int | None = None,
         error: type[BackendError] = BackendUnavailableError,
+        after: bool = False,
     ) -> None:
         """Fail each call (of ``operation``, or any) with probability ``rate`` until healed."""
         if not 0.0 <= rate <= 1.0:
-            raise ValueError("rate must be between 0 and 1")
-        self._faults.append(_Fault(None, _check_op(operation), error, rate, random.Random(seed)))
+            raise ConfigurationError("rate must be between 0 and 1")
+        fault = _Fault(None, _check_op(operation), error, after, rate, random.Random(seed))
+        self._faults.append(fault)
 
     def add_latency(self, seconds: float, *, operation: str | None = None) -> None:
         """Delay each call (of ``operation``, or any) by ``seconds`` before it runs."""
         self._latency[_check_op(operation)] = seconds
 
+    def freeze(self, *, operation: str | None = None) -> None:
+        """Make calls (of ``operation``, or any) hang until :meth:`thaw` (a stopped server).
+
+        A hung call can still be cancelled, by a deadline for instance.
+        """
+        self._frozen.setdefault(_check_op(operation), asyncio.Event())
+
+    def thaw(self) -> None:
+        """Let every hung call go on."""
+        for event in self._frozen.values():
+            event.set()
+        self._frozen.clear()
+
     def heal(self) -> None:
-        """Remove every fault and added latency."""
+        """Remove every fault and added latency, and thaw."""
         self._faults.clear()
         self._latency.clear()
+        self.thaw()
 
-    async def _enter(self, operation: str, sid: uuid.UUID | None) -> None:
+    async def _fire(self, operation: str, *, after: bool) -> None:
+        for fault in self._faults:
+            if fault.fires(operation, after):
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                self.injected += 1
+                if fault.error is not None:
+                    raise fault.error(f"injected fault on {operation}", store=self.name)
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()
+                await asyncio.sleep(0)  # the CancelledError is delivered here
+
+    async def _call(self, operation: str, sid: uuid.UUID | None, call: Callable[[], Any]) -> Any:
         await self._ensure_open()
         self.calls.append(Call(self.name, operation, sid))
         delay = self._latency.get(operation, self._latency.get(None, 0.0))
         if delay:
             await asyncio.sleep(delay)
-        for fault in self._faults:
-            if fault.fires(operation):
-                if fault.remaining is not None:
-                    fault.remaining -= 1
-                self.injected += 1
-                raise fault.error(f"injected fault on {operation}", store=self.name)
-
-    async def get(self, session_id: uuid.UUID) -> StoredRecord | None:
-        """Forwarded, after any injected fault or latency."""
-        await self._enter("get", session_id)
-        result: StoredRecord | None = await self.inner.get(session_id)
+        for key in (operation, None):
+            event = self._frozen.get(key)
+            if event is not None:
+                await event.wait()
+        await self._fire(operation, after=False)
+        result = await call()
+        await self._fire(operation, after=True)
         return result
 
-    async def save(self, session: StudentSession) -> None:
-        """Forwarded, after any injected fault or latency."""
-        await self._enter("save", session.session_id)
-        await self.inner.save(session)
+    async def get(self, session_id: uuid.UUID) -> StoredRecord | None:
+        """Forwarded, with any injected fault or latency."""
+        result: StoredRecord | None = await self._call(
+            "get", session_id, lambda: self.inner.get(session_id)
+        )
+        return result
 
-    async def delete(self, session_id: uuid.UUID, revision: int) -> None:
-        """Forwarded, after any injected fault or latency."""
-        await self._enter("delete", session_id)
-        await self.inner.delete(session_id, revision)
+    async def head(self, session_id: uuid.UUID) -> RecordHead | None:
+        """Forwarded, with any injected fault or latency."""
+        result: RecordHead | None = await self._call(
+            "head", session_id, lambda: self.inner.head(session_id)
+        )
+        return result
+
+    async def save(
+        self, session: StudentSession, *, expected_revision: int | None = None
+    ) -> WriteResult:
+        """Forwarded, with any injected fault or latency."""
+        result: WriteResult = await self._call(
+            "save",
+            session.session_id,
+            lambda: self.inner.save(session, expected_revision=expected_revision),
+        )
+        return result
+
+    async def delete(
+        self, session_id: uuid.UUID, revision: int, *, expected_revision: int | None = None
+    ) -> WriteResult:
+        """Forwarded, with any injected fault or latency."""
+        result: WriteResult = await self._call(
+            "delete",
+            session_id,
+            lambda: self.inner.delete(session_id, revision, expected_revision=expected_revision),
+        )
+        return result
+
+    async def purge(self, session_id: uuid.UUID, revision: int) -> None:
+        """Forwarded, with any injected fault or latency."""
+        await self._call("purge", session_id, lambda: self.inner.purge(session_id, revision))
 
     async def scan(
         self, key_range: KeyRange, *, cursor: str | None = None, limit: int = 500
     ) -> ScanPage:
-        """Forwarded, after any injected fault or latency."""
-        await self._enter("scan", None)
-        page: ScanPage = await self.inner.scan(key_range, cursor=cursor, limit=limit)
+        """Forwarded, with any injected fault or latency."""
+        page: ScanPage = await self._call(
+            "scan", None, lambda: self.inner.scan(key_range, cursor=cursor, limit=limit)
+        )
         return page
 
 
@@ -223,17 +310,39 @@ class KeySerializingBackend(_WrappingBackend):
         result: StoredRecord | None = await self.inner.get(session_id)
         return result
 
-    async def save(self, session: StudentSession) -> None:
+    async def head(self, session_id: uuid.UUID) -> RecordHead | None:
+        """Forwarded."""
+        await self._ensure_open()
+        result: RecordHead | None = await self.inner.head(session_id)
+        return result
+
+    async def save(
+        self, session: StudentSession, *, expected_revision: int | None = None
+    ) -> WriteResult:
         """Forwarded while holding the session id's lock."""
         await self._ensure_open()
         async with self._lock(session.session_id):
-            await self.inner.save(session)
+            result: WriteResult = await self.inner.save(
+                session, expected_revision=expected_revision
+            )
+            return result
 
-    async def delete(self, session_id: uuid.UUID, revision: int) -> None:
+    async def delete(
+        self, session_id: uuid.UUID, revision: int, *, expected_revision: int | None = None
+    ) -> WriteResult:
         """Forwarded while holding the session id's lock."""
         await self._ensure_open()
         async with self._lock(session_id):
-            await self.inner.delete(session_id, revision)
+            result: WriteResult = await self.inner.delete(
+                session_id, revision, expected_revision=expected_revision
+            )
+            return result
+
+    async def purge(self, session_id: uuid.UUID, revision: int) -> None:
+        """Forwarded while holding the session id's lock."""
+        await self._ensure_open()
+        async with self._lock(session_id):
+            await self.inner.purge(session_id, revision)
 
     async def scan(
         self, key_range: KeyRange, *, cursor: str | None = None, limit: int = 500
@@ -244,9 +353,53 @@ class KeySerializingBackend(_WrappingBackend):
         return page
 
 
+class SimulatedTime:
+    """A shared, manually advanced wall clock, and skewed revision clocks reading it.
+
+    For tests of a fleet: each repository gets its own :class:`~sessionstore.HybridClock`
+    whose wall time is this one plus a skew, and time can leap days ahead at once::
+
+        time = SimulatedTime()
+        repo_a = SessionRepository(..., clock=time.clock(skew=5.0, writer_id=1))
+        repo_b = SessionRepository(..., clock=time.clock(skew=-2.0, writer_id=2))
+        time.advance(dt.timedelta(days=40))
+    """
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        when = start or dt.datetime.now(dt.UTC)
+        self.now_us = (when - _EPOCH) // dt.timedelta(microseconds=1)
+
+    def __call__(self) -> int:
+        """The current simulated time, in microseconds since the epoch."""
+        return self.now_us
+
+    def advance(self, by: dt.timedelta | float) -> None:
+        """Move time forward by ``by`` (a timedelta, or seconds)."""
+        step = by if isinstance(by, dt.timedelta) else dt.timedelta(seconds=by)
+        if step < dt.timedelta(0):
+            raise ConfigurationError("time only moves forward")
+        self.now_us += step // dt.timedelta(microseconds=1)
+
+    def clock(
+        self,
+        *,
+        skew: float = 0.0,
+        writer_id: int | None = None,
+        max_skew: dt.timedelta = DEFAULT_MAX_SKEW,
+    ) -> HybridClock:
+        """A revision clock reading this time plus ``skew`` seconds."""
+        offset = round(skew * 1_000_000)
+        return HybridClock(
+            writer_id=writer_id, max_skew=max_skew, time_source=lambda: self.now_us + offset
+        )
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _check_op(operation: str | None) -> str | None:
     if operation is not None and operation not in OPERATIONS:
-        raise ValueError(f"operation must be one of {OPERATIONS}")
+        raise ConfigurationError(f"operation must be one of {OPERATIONS}")
     return operation
 
 

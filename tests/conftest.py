@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from sessionstore.backends import InMemoryBackend, SessionBackend
+from tests.queues import QUEUE_KINDS, QueueHandle, open_queue
 from tests.stores import BACKEND_KINDS, StoreHandle, open_store
 
 
@@ -24,3 +26,15 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[StoreHandle]:
 async def memory_backend() -> AsyncIterator[SessionBackend]:
     async with InMemoryBackend() as backend:
         yield backend
+
+
+@pytest.fixture(params=QUEUE_KINDS)
+async def repair_queue(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[QueueHandle]:
+    """An open, empty repair queue of each kind."""
+    handle = await open_queue(request.param, tmp_path)
+    try:
+        yield handle
+    finally:
+        await handle.queue.aclose()

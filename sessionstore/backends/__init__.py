@@ -10,9 +10,11 @@ from sessionstore.backends.base import (
     UUID_KEY_SPACE,
     BackendState,
     KeyRange,
+    RecordHead,
     ScanPage,
     SessionBackend,
     StoredRecord,
+    WriteResult,
 )
 from sessionstore.backends.memory import InMemoryBackend
 
@@ -21,7 +23,9 @@ __all__ = [
     "BackendState",
     "InMemoryBackend",
     "KeyRange",
+    "RecordHead",
     "ScanPage",
     "SessionBackend",
     "StoredRecord",
+    "WriteResult",
 ]

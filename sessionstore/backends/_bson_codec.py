@@ -22,14 +22,14 @@ session, keyed by the session UUID)::
     }
 
 A tombstone (a deletion that still blocks older writes) is
-``{"_id", "revision", "deleted": true, "purge_after": datetime}``; ``purge_after`` is
-when a TTL index (or :meth:`DocumentDBBackend.purge_tombstones`) may remove it.
+``{"_id", "revision", "deleted": true}``; it is kept until the purge job removes it from
+both stores.
 
 Example::
 
     doc = to_doc(session)
     assert from_doc(doc) == session
-    assert record_from_doc(tombstone_doc(session.session_id, 7, purge_after)).deleted
+    assert record_from_doc(tombstone_doc(session.session_id, 7)).deleted
 
 The codec does not depend on the collection's codec options: UUIDs are written as
 explicit ``Binary`` subtype 4 and read back from either ``uuid.UUID`` or ``Binary``, and
@@ -132,19 +132,13 @@ def _attachment_doc(att: Attachment) -> dict[str, Any]:
     return doc
 
 
-def tombstone_doc(session_id: uuid.UUID, revision: int, purge_after: dt.datetime) -> dict[str, Any]:
-    """The document of a deletion at ``revision``, removable after ``purge_after``.
+def tombstone_doc(session_id: uuid.UUID, revision: int) -> dict[str, Any]:
+    """The document of a deletion at ``revision``.
 
-    >>> when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-    >>> sorted(tombstone_doc(uuid.UUID(int=1), 5, when))
-    ['_id', 'deleted', 'purge_after', 'revision']
+    >>> sorted(tombstone_doc(uuid.UUID(int=1), 5))
+    ['_id', 'deleted', 'revision']
     """
-    return {
-        "_id": uuid_to_bson(session_id),
-        "revision": Int64(revision),
-        "deleted": True,
-        "purge_after": purge_after,
-    }
+    return {"_id": uuid_to_bson(session_id), "revision": Int64(revision), "deleted": True}
 
 
 def from_doc(doc: Mapping[str, Any]) -> StudentSession:
@@ -207,8 +201,7 @@ def from_doc(doc: Mapping[str, Any]) -> StudentSession:
 def record_from_doc(doc: Mapping[str, Any]) -> StoredRecord:
     """A :class:`StoredRecord` for a session document or a tombstone.
 
-    >>> when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-    >>> record_from_doc(tombstone_doc(uuid.UUID(int=1), 5, when)).revision
+    >>> record_from_doc(tombstone_doc(uuid.UUID(int=1), 5)).revision
     5
     """
     if doc.get("deleted"):

@@ -32,15 +32,17 @@ import pydantic_core
 from pydantic import ValidationError
 
 from sessionstore._errors import InvalidSessionError
-from sessionstore.backends.base import StoredRecord
+from sessionstore.backends.base import RecordHead, StoredRecord
 from sessionstore.model import Answer, SessionStatus, StudentSession
 
 __all__ = [
     "DATA_COLUMNS",
+    "HEAD_COLUMNS",
     "INSERT_COLUMNS",
     "SELECT_COLUMNS",
     "RowDecodeError",
     "from_row",
+    "head_from_row",
     "record_from_row",
     "to_row",
     "tombstone_row",
@@ -75,6 +77,15 @@ SELECT_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 _SELECT_NAMES: tuple[str, ...] = tuple(name for _, name in SELECT_COLUMNS)
+
+#: The SELECT list of :func:`head_from_row`: the revision cells without session content.
+HEAD_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("revision", "revision"),
+    ("deleted", "deleted"),
+    *((f"WRITETIME({c})", a) for c, a in zip(DATA_COLUMNS, _WRITETIME_ALIASES, strict=True)),
+)
+
+_HEAD_NAMES: tuple[str, ...] = tuple(name for _, name in HEAD_COLUMNS)
 
 # Version of the JSON layout in the ``answers`` column, so it can evolve.
 _ANSWERS_FORMAT = 1
@@ -300,3 +311,14 @@ def record_from_row(row: Any) -> StoredRecord:
             raise RowDecodeError(("session_id",))
         return StoredRecord.tombstone(session_id, _revision(values))
     return StoredRecord.of(from_row(values))
+
+
+def head_from_row(row: Any) -> RecordHead:
+    """Decode a row of a SELECT of :data:`HEAD_COLUMNS` (a mapping or a sequence)."""
+    if isinstance(row, Mapping):
+        values = row
+    elif isinstance(row, Sequence) and len(row) == len(_HEAD_NAMES):
+        values = dict(zip(_HEAD_NAMES, row, strict=True))
+    else:
+        raise RowDecodeError(("<row>",))
+    return RecordHead(_revision(values), bool(values.get("deleted")))

@@ -1,9 +1,12 @@
 """The backend protocol every store implements, and the records it exchanges.
 
-A backend is a small async object: ``get``, ``save`` (if newer), ``delete`` (a
-tombstone, if newer), ``scan`` of a key range in pages, and ``aclose``. Every write
-obeys the one rule of the design: it lands only if its revision is greater than the
-stored one (a record or a tombstone); otherwise it is a silent no-op.
+A backend is a small async object: ``get`` and ``head`` (the stored revision only),
+``save`` (if newer), ``delete`` (a tombstone, if newer), ``purge`` (forget a key),
+``scan`` of a key range in pages, and ``aclose``. Every write obeys the one rule of the
+design: it lands only if its revision is greater than the stored one (a record or a
+tombstone); otherwise it is a no-op, reported in the returned :class:`WriteResult`
+where the store can tell. With ``expected_revision`` a write also lands only if the
+stored record is the one the caller read (optimistic concurrency).
 
 Example::
 
@@ -20,21 +23,27 @@ import dataclasses
 import enum
 import itertools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from sessionstore._errors import ConfigurationError, RepositoryClosedError
 from sessionstore.model import StudentSession
+from sessionstore.revision import check_revision
 
 __all__ = [
     "UUID_KEY_SPACE",
     "BackendState",
     "KeyRange",
     "LifecycleMixin",
+    "RecordHead",
     "ScanPage",
     "SessionBackend",
     "StoredRecord",
+    "WriteResult",
+    "check_expected",
+    "copy_record",
+    "expectation_met",
 ]
 
 
@@ -60,6 +69,54 @@ class StoredRecord:
     def tombstone(cls, session_id: uuid.UUID, revision: int) -> StoredRecord:
         """The record for a deletion at ``revision``."""
         return cls(session_id, revision, None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordHead:
+    """The stored revision of a key and whether it is a tombstone (no session content)."""
+
+    revision: int
+    deleted: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a conditional write did.
+
+    ``applied`` is True when the write landed (its revision is now the stored one),
+    False when it did not (an equal or newer revision is stored, or, with
+    ``expected_revision``, another record than the expected one), and None when the
+    store cannot tell without reading (a plain Cassandra write: Cassandra applies it
+    cell by cell, by timestamp, and answers the same either way).
+    ``current_revision`` is the stored revision when the write did not land and the
+    store knows it (0: nothing stored).
+    """
+
+    applied: bool | None
+    current_revision: int | None = None
+
+
+def expectation_met(head: RecordHead | None, expected_revision: int) -> bool:
+    """Whether what is stored is what a writer expecting ``expected_revision`` read.
+
+    ``expected_revision`` is the revision of the live session the writer read, or 0 when
+    it read none (nothing stored, or a tombstone).
+
+    >>> expectation_met(None, 0), expectation_met(RecordHead(7, deleted=True), 0)
+    (True, True)
+    >>> expectation_met(RecordHead(7, deleted=False), 7), expectation_met(None, 7)
+    (True, False)
+    """
+    if expected_revision == 0:
+        return head is None or head.deleted
+    return head is not None and not head.deleted and head.revision == expected_revision
+
+
+def check_expected(expected_revision: object) -> int | None:
+    """Validate an ``expected_revision`` argument (None, 0, or a revision)."""
+    if expected_revision is None:
+        return None
+    return check_revision(expected_revision, field="expected_revision", allow_zero=True)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)
@@ -121,15 +178,35 @@ class SessionBackend(Protocol):
         ...
 
     async def get(self, session_id: uuid.UUID) -> StoredRecord | None:
-        """The stored record (tombstones included), or None if the key was never written."""
+        """The stored record (tombstones included), or None if nothing is stored."""
         ...
 
-    async def save(self, session: StudentSession) -> None:
-        """Store ``session`` if its revision is greater than the stored one."""
+    async def head(self, session_id: uuid.UUID) -> RecordHead | None:
+        """The stored revision and tombstone flag only (a cheap read), or None."""
         ...
 
-    async def delete(self, session_id: uuid.UUID, revision: int) -> None:
+    async def save(
+        self, session: StudentSession, *, expected_revision: int | None = None
+    ) -> WriteResult:
+        """Store ``session`` if its revision is greater than the stored one.
+
+        With ``expected_revision``, also only if :func:`expectation_met` holds for the
+        stored record (atomically where the store can; see each backend).
+        """
+        ...
+
+    async def delete(
+        self, session_id: uuid.UUID, revision: int, *, expected_revision: int | None = None
+    ) -> WriteResult:
         """Write a tombstone at ``revision`` if it is greater than the stored one."""
+        ...
+
+    async def purge(self, session_id: uuid.UUID, revision: int) -> None:
+        """Forget the key if what is stored has a revision of at most ``revision``.
+
+        Only :class:`~sessionstore.jobs.PurgeJob` calls it, once both stores hold the
+        deletion and it is older than the tombstone grace period.
+        """
         ...
 
     async def scan(
@@ -216,3 +293,29 @@ class LifecycleMixin:
         self._state = BackendState.CLOSED
         if was_open:
             await self._close()
+
+
+async def copy_record(
+    record: StoredRecord,
+    target: SessionBackend,
+    *,
+    request: Callable[[Callable[[], Awaitable[WriteResult]]], Awaitable[WriteResult]] | None = None,
+) -> WriteResult:
+    """Write ``record`` to ``target`` with its own revision (a no-op if the target is newer).
+
+    ``request`` wraps the store call (the jobs pass their throttled retrier).
+    """
+    if record.session is None:
+        sid, revision = record.session_id, record.revision
+
+        def call() -> Awaitable[WriteResult]:
+            return target.delete(sid, revision)
+    else:
+        session = record.session
+        if session.revision != record.revision:
+            session = session.model_copy(update={"revision": record.revision})
+
+        def call() -> Awaitable[WriteResult]:
+            return target.save(session)
+
+    return await (call() if request is None else request(call))

@@ -3,8 +3,15 @@
 Every write carries its revision as the CQL write timestamp (``USING TIMESTAMP``), so
 Cassandra's own per-cell last-write-wins *is* the library's revision rule: an older
 save or delete is simply shadowed, with no read-before-write and no lightweight
-transaction. A delete writes a tombstone row (``deleted = true``, data columns null,
-with a TTL) instead of a CQL ``DELETE``, so that its revision stays readable.
+transaction. A delete writes a tombstone row (``deleted = true``, data columns null)
+instead of a CQL ``DELETE``, so that its revision stays readable; it is kept until
+:class:`~sessionstore.jobs.PurgeJob` removes it (a CQL ``DELETE USING TIMESTAMP``).
+
+Cassandra answers a write the same whether it won or was shadowed, so a plain save
+reports ``applied=None``; the repository reads the stored revision back (``head``) to
+tell. ``expected_revision`` is a read, the write, and a read back: it is not atomic
+(Cassandra's lightweight transactions cannot carry a write timestamp), see
+docs/cassandra.md.
 
 Example::
 
@@ -84,16 +91,20 @@ from sessionstore.backends.base import (
     BackendState,
     KeyRange,
     LifecycleMixin,
+    RecordHead,
     ScanPage,
     StoredRecord,
+    WriteResult,
+    check_expected,
+    expectation_met,
 )
 from sessionstore.model import StudentSession, validate_session_id
+from sessionstore.revision import check_revision
 
 if TYPE_CHECKING:
     from cassandra.cluster import Session
 
 __all__ = [
-    "DEFAULT_TOMBSTONE_TTL",
     "TOKEN_KEY_SPACE",
     "CassandraBackend",
     "CassandraSettings",
@@ -105,11 +116,6 @@ __all__ = [
 TOKEN_KEY_SPACE = KeyRange(-(2**63), 2**63)
 _MIN_TOKEN = -(2**63)
 _MAX_TOKEN = 2**63 - 1
-
-#: How long a tombstone row keeps blocking older writes: 30 days.
-DEFAULT_TOMBSTONE_TTL = 30 * 24 * 3600
-# Cassandra refuses TTLs above 20 years.
-_MAX_TTL = 20 * 365 * 24 * 3600
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 # Replication option keys and values: strategy class names and data-center names.
@@ -179,8 +185,6 @@ class CassandraSettings(BaseModel):
     consistency: str = "LOCAL_QUORUM"
     request_timeout: float = Field(default=10.0, gt=0)
     connect_timeout: float = Field(default=5.0, gt=0)
-    #: Seconds a tombstone row keeps blocking older writes before it expires.
-    tombstone_ttl: int = Field(default=DEFAULT_TOMBSTONE_TTL, ge=1, le=_MAX_TTL)
     #: Native protocol version; None negotiates (the driver logs each downgrade step).
     protocol_version: int | None = Field(default=None, ge=3)
 
@@ -300,19 +304,24 @@ class _Statements:
         self.save = session.prepare(
             f"INSERT INTO {target} ({columns}) VALUES ({markers}) USING TIMESTAMP ?"  # noqa: S608
         )
-        self.tombstone = session.prepare(
-            f"INSERT INTO {target} ({columns}) VALUES ({markers}) "  # noqa: S608
-            "USING TIMESTAMP ? AND TTL ?"
-        )
         self.get = session.prepare(
             f"SELECT {select} FROM {target} WHERE session_id = ?"  # noqa: S608
+        )
+        head = ", ".join(
+            expr if expr == name else f"{expr} AS {name}" for expr, name in codec.HEAD_COLUMNS
+        )
+        self.head = session.prepare(
+            f"SELECT {head} FROM {target} WHERE session_id = ?"  # noqa: S608
+        )
+        self.purge = session.prepare(
+            f"DELETE FROM {target} USING TIMESTAMP ? WHERE session_id = ?"  # noqa: S608
         )
         # Inclusive upper bound: the half-open end 2**63 does not fit a bigint.
         self.scan = session.prepare(
             f"SELECT {select} FROM {target} "  # noqa: S608
             "WHERE token(session_id) >= ? AND token(session_id) <= ?"
         )
-        for statement in (self.save, self.tombstone, self.get, self.scan):
+        for statement in (self.save, self.get, self.head, self.purge, self.scan):
             # Writes carry their own timestamp, so replaying any of them is harmless: let
             # the driver retry and speculate on them.
             statement.is_idempotent = True
@@ -349,7 +358,6 @@ class CassandraBackend(LifecycleMixin):
         table: str = "sessions",
         consistency: str | int = "LOCAL_QUORUM",
         request_timeout: float = 10.0,
-        tombstone_ttl: int = DEFAULT_TOMBSTONE_TTL,
         name: str = "cassandra",
     ) -> None:
         if session is None:
@@ -359,7 +367,6 @@ class CassandraBackend(LifecycleMixin):
             table=table,
             consistency=consistency,
             request_timeout=request_timeout,
-            tombstone_ttl=tombstone_ttl,
             name=name,
         )
         self._session = session
@@ -371,7 +378,6 @@ class CassandraBackend(LifecycleMixin):
         table: str,
         consistency: str | int,
         request_timeout: float,
-        tombstone_ttl: int,
         name: str,
     ) -> None:
         self._keyspace = _identifier(keyspace, "keyspace")
@@ -380,9 +386,6 @@ class CassandraBackend(LifecycleMixin):
         if not request_timeout > 0:
             raise ConfigurationError("request_timeout must be positive")
         self._request_timeout = float(request_timeout)
-        if not 1 <= tombstone_ttl <= _MAX_TTL:
-            raise ConfigurationError(f"tombstone_ttl must be within 1..{_MAX_TTL} seconds")
-        self._tombstone_ttl = int(tombstone_ttl)
         self._name = name
         self._lifecycle_name = f"backend {name!r}"
         self._settings = None
@@ -410,7 +413,6 @@ class CassandraBackend(LifecycleMixin):
             table=settings.table,
             consistency=settings.consistency,
             request_timeout=settings.request_timeout,
-            tombstone_ttl=settings.tombstone_ttl,
             name=name,
         )
         backend._settings = settings
@@ -596,7 +598,30 @@ class CassandraBackend(LifecycleMixin):
         rows = result.current_rows
         return self._decode(rows[0]) if rows else None
 
-    async def save(self, session: StudentSession) -> None:
+    async def head(self, session_id: uuid.UUID) -> RecordHead | None:
+        """The stored revision (the newest of the revision and data cells) and flag."""
+        key = validate_session_id(session_id)
+        await self._ensure_open()
+        session, statements = self._ready()
+        return await self._head(session, statements, key)
+
+    async def _head(
+        self, session: Session, statements: _Statements, key: uuid.UUID
+    ) -> RecordHead | None:
+        result = await self._run(session, "head", self._bind(statements.head, (key,)))
+        rows = result.current_rows
+        if not rows:
+            return None
+        try:
+            return codec.head_from_row(rows[0])
+        except codec.RowDecodeError as exc:
+            raise BackendError(
+                f"stored row cannot be decoded ({', '.join(exc.fields)})", store=self._name
+            ) from exc
+
+    async def save(
+        self, session: StudentSession, *, expected_revision: int | None = None
+    ) -> WriteResult:
         """Write ``session`` at write timestamp ``session.revision``.
 
         An older or equal revision already stored wins, cell by cell, so a late save is
@@ -606,21 +631,76 @@ class CassandraBackend(LifecycleMixin):
             raise InvalidSessionError(
                 f"expected StudentSession, got {type(session).__name__}", fields=("<root>",)
             )
-        _check_revision(session.revision, "a stored session needs a revision")
+        check_revision(session.revision)
+        expected = check_expected(expected_revision)
         row = codec.to_row(session)
         await self._ensure_open()
         cql_session, statements = self._ready()
         bound = self._bind(statements.save, (*row, session.revision))
-        await self._run(cql_session, "save", bound)
+        return await self._write(
+            cql_session,
+            statements,
+            operation="save",
+            key=row[0],
+            revision=session.revision,
+            bound=bound,
+            expected=expected,
+        )
 
-    async def delete(self, session_id: uuid.UUID, revision: int) -> None:
-        """Write a tombstone row at write timestamp ``revision``, expiring after the TTL."""
+    async def delete(
+        self, session_id: uuid.UUID, revision: int, *, expected_revision: int | None = None
+    ) -> WriteResult:
+        """Write a tombstone row at write timestamp ``revision``."""
         key = validate_session_id(session_id)
-        _check_revision(revision, "a tombstone needs a revision")
+        check_revision(revision)
+        expected = check_expected(expected_revision)
         await self._ensure_open()
         session, statements = self._ready()
-        values = (*codec.tombstone_row(key, revision), revision, self._tombstone_ttl)
-        await self._run(session, "delete", self._bind(statements.tombstone, values))
+        bound = self._bind(statements.save, (*codec.tombstone_row(key, revision), revision))
+        return await self._write(
+            session,
+            statements,
+            operation="delete",
+            key=key,
+            revision=revision,
+            bound=bound,
+            expected=expected,
+        )
+
+    async def purge(self, session_id: uuid.UUID, revision: int) -> None:
+        """``DELETE ... USING TIMESTAMP revision``: removes every cell at most that old."""
+        key = validate_session_id(session_id)
+        check_revision(revision)
+        await self._ensure_open()
+        session, statements = self._ready()
+        await self._run(session, "purge", self._bind(statements.purge, (revision, key)))
+
+    async def _write(
+        self,
+        session: Session,
+        statements: _Statements,
+        *,
+        operation: str,
+        key: uuid.UUID,
+        revision: int,
+        bound: Any,
+        expected: int | None,
+    ) -> WriteResult:
+        if expected is None:
+            await self._run(session, operation, bound)
+            return _UNKNOWN
+        # Optimistic concurrency without a lightweight transaction (those cannot carry
+        # a write timestamp): check, write, and read back. Two writers expecting the
+        # same revision can both pass the check; the read back then fails the one whose
+        # revision lost, but not one that read back before the other wrote.
+        before = await self._head(session, statements, key)
+        if (expected > 0 and revision <= expected) or not expectation_met(before, expected):
+            return WriteResult(False, 0 if before is None else before.revision)
+        await self._run(session, operation, bound)
+        after = await self._head(session, statements, key)
+        if after is not None and after.revision == revision:
+            return _APPLIED
+        return WriteResult(False, 0 if after is None else after.revision)
 
     async def scan(
         self, key_range: KeyRange, *, cursor: str | None = None, limit: int = 500
@@ -657,6 +737,9 @@ class CassandraBackend(LifecycleMixin):
         return ScanPage(records, _make_cursor(state, protocol, low, high) if state else None)
 
 
+_APPLIED = WriteResult(True)
+_UNKNOWN = WriteResult(None)
+
 #: Seconds between attempts while every connection is busy (see CassandraBackend._run).
 _BUSY_PAUSE = 0.005
 
@@ -667,12 +750,6 @@ def _all_busy(exc: BaseException) -> bool:
         return False
     errors: dict[Any, BaseException] = getattr(exc, "errors", None) or {}
     return bool(errors) and all(isinstance(e, ConnectionBusy) for e in errors.values())
-
-
-def _check_revision(revision: object, message: str) -> None:
-    # The revision becomes the CQL write timestamp, a signed 64-bit integer.
-    if isinstance(revision, bool) or not isinstance(revision, int) or not 0 < revision < 2**63:
-        raise InvalidSessionError(message, fields=("revision",))
 
 
 # A cursor is hex of: protocol version (1 byte), digest (8 bytes), paging state.

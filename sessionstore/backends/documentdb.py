@@ -8,15 +8,21 @@ runs on FerretDB::
     replace_one({_id, revision: {$lt: rev}}, doc)      # no upsert
     if nothing matched:  insert_one(doc)
     if DuplicateKeyError (a concurrent creator):  replace_one(...) once more
-    if that matches nothing too: an equal or newer revision is stored -> no-op
+    if that matches nothing too: an equal or newer revision is stored -> not applied
 
 A backend built with ``insert_first=True`` (a backfill's target, where most keys are
 absent) tries ``insert_one(doc)`` first and falls back to the guarded ``replace_one`` on a
 duplicate key: one round trip instead of two for a key the collection does not hold,
 two for one it does.
 
-Deletes write a tombstone the same way; a TTL index on ``purge_after`` removes it later,
-or :meth:`DocumentDBBackend.purge_tombstones` where the engine has no TTL indexes.
+With ``expected_revision`` (optimistic concurrency) the guard names the expected record
+instead: ``{_id, deleted: false, revision: expected}``, or for "nothing live"
+``{_id, deleted: true, revision: {$lt: rev}}`` then an insert. On DocumentDB each of
+these single-document writes is atomic, so of two writers expecting the same revision
+exactly one succeeds.
+
+Deletes write a tombstone the same way. Tombstones are kept until
+:class:`~sessionstore.jobs.PurgeJob` removes them from both stores (``purge``).
 
 Example (the backend creates and owns the client)::
 
@@ -41,7 +47,6 @@ See docs/documentdb.md for supported engines and connection options.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterable, Awaitable, Mapping
@@ -92,25 +97,21 @@ from sessionstore.backends.base import (
     UUID_KEY_SPACE,
     KeyRange,
     LifecycleMixin,
+    RecordHead,
     ScanPage,
     StoredRecord,
+    WriteResult,
+    check_expected,
 )
 from sessionstore.model import StudentSession, validate_session_id
+from sessionstore.revision import check_revision
 
 __all__ = [
-    "DEFAULT_TOMBSTONE_TTL",
     "CollectionLike",
     "DocumentDBBackend",
     "DocumentDBSettings",
     "map_pymongo_error",
 ]
-
-_log = logging.getLogger(__name__)
-
-#: How long a tombstone outlives its deletion. It must exceed the longest time a late,
-#: older write can still arrive (backfill runs, repair-queue age), or that write would
-#: bring the deleted session back once the tombstone is purged.
-DEFAULT_TOMBSTONE_TTL = dt.timedelta(days=30)
 
 ReadPreferenceName = Literal[
     "primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest"
@@ -144,9 +145,7 @@ class CollectionLike(Protocol):
 
     def insert_one(self, document: Any) -> Awaitable[InsertOneResult]: ...
 
-    def create_index(self, keys: Any, **kwargs: Any) -> Awaitable[str]: ...
-
-    def delete_many(self, filter: Mapping[str, Any]) -> Awaitable[DeleteResult]: ...
+    def delete_one(self, filter: Mapping[str, Any]) -> Awaitable[DeleteResult]: ...
 
 
 class DocumentDBSettings(BaseModel):
@@ -186,8 +185,6 @@ class DocumentDBSettings(BaseModel):
     #: None waits forever; a multi-MB session needs well above the round-trip time.
     socket_timeout_ms: int | None = Field(default=30_000, gt=0)
     max_pool_size: int = Field(default=100, gt=0)
-    #: Seconds a tombstone is kept (see DEFAULT_TOMBSTONE_TTL for how to choose it).
-    tombstone_ttl: int = Field(default=int(DEFAULT_TOMBSTONE_TTL.total_seconds()), gt=0)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -244,10 +241,8 @@ class DocumentDBBackend(LifecycleMixin):
 
     Build it from a collection you own (``DocumentDBBackend(collection)``; its client is
     not closed by :meth:`aclose`), or from settings with :meth:`connect` (the backend
-    creates the client when it is opened and closes it in :meth:`aclose`). Opening also
-    creates the TTL index on ``purge_after`` unless ``ensure_indexes=False``; engines
-    without TTL indexes (FerretDB v1) leave :attr:`ttl_index_supported` False, and then
-    :meth:`purge_tombstones` must be run periodically.
+    creates the client when it is opened and closes it in :meth:`aclose`). Opening
+    writes nothing and creates no index: the backend needs only the ``_id`` index.
 
     ``insert_first=True`` makes writes try an insert before the guarded replace: for the
     target of a backfill, where most keys are absent (see the module docstring). The
@@ -259,11 +254,10 @@ class DocumentDBBackend(LifecycleMixin):
 
     Example::
 
-        async with DocumentDBBackend(collection, tombstone_ttl=dt.timedelta(days=7)) as db:
-            await db.save(session)                 # lands only if newer
+        async with DocumentDBBackend(collection) as db:
+            result = await db.save(session)        # lands only if newer
+            assert result.applied
             await db.delete(session.session_id, session.revision + 1)
-            if not db.ttl_index_supported:
-                await db.purge_tombstones()
     """
 
     _collection: CollectionLike | None
@@ -275,16 +269,9 @@ class DocumentDBBackend(LifecycleMixin):
         collection: CollectionLike,
         *,
         name: str = "documentdb",
-        tombstone_ttl: dt.timedelta | float = DEFAULT_TOMBSTONE_TTL,
-        ensure_indexes: bool = True,
         insert_first: bool = False,
     ) -> None:
-        self._setup(
-            name=name,
-            tombstone_ttl=tombstone_ttl,
-            ensure_indexes=ensure_indexes,
-            insert_first=insert_first,
-        )
+        self._setup(name=name, insert_first=insert_first)
         _check_write_concern(collection)
         self._collection = collection
 
@@ -294,7 +281,6 @@ class DocumentDBBackend(LifecycleMixin):
         settings: DocumentDBSettings,
         *,
         name: str = "documentdb",
-        ensure_indexes: bool = True,
         insert_first: bool = False,
     ) -> Self:
         """A backend that creates (when opened) and owns its client. Nothing connects yet.
@@ -307,36 +293,14 @@ class DocumentDBBackend(LifecycleMixin):
         if not isinstance(settings, DocumentDBSettings):
             raise ConfigurationError("settings must be DocumentDBSettings")
         backend = cls.__new__(cls)
-        backend._setup(
-            name=name,
-            tombstone_ttl=dt.timedelta(seconds=settings.tombstone_ttl),
-            ensure_indexes=ensure_indexes,
-            insert_first=insert_first,
-        )
+        backend._setup(name=name, insert_first=insert_first)
         backend._settings = settings
         return backend
 
-    def _setup(
-        self,
-        *,
-        name: str,
-        tombstone_ttl: dt.timedelta | float,
-        ensure_indexes: bool,
-        insert_first: bool,
-    ) -> None:
-        ttl = (
-            tombstone_ttl
-            if isinstance(tombstone_ttl, dt.timedelta)
-            else dt.timedelta(seconds=tombstone_ttl)
-        )
-        if ttl <= dt.timedelta(0):
-            raise ConfigurationError("tombstone_ttl must be positive")
+    def _setup(self, *, name: str, insert_first: bool) -> None:
         self._name = name
         self._lifecycle_name = f"backend {name!r}"
-        self._tombstone_ttl = ttl
-        self._ensure_indexes_on_open = ensure_indexes
         self._insert_first = bool(insert_first)
-        self._ttl_index_supported: bool | None = None
         self._collection = None
         self._client = None
         self._settings = None
@@ -370,29 +334,13 @@ class DocumentDBBackend(LifecycleMixin):
         """Whether writes try an insert before the guarded replace (a backfill's target)."""
         return self._insert_first
 
-    @property
-    def ttl_index_supported(self) -> bool | None:
-        """Whether the TTL index on ``purge_after`` exists; None until indexes were ensured."""
-        return self._ttl_index_supported
-
-    @property
-    def tombstone_ttl(self) -> dt.timedelta:
-        """How long a tombstone is kept before it may be purged."""
-        return self._tombstone_ttl
-
     # -- lifecycle --------------------------------------------------------------------
 
     async def _open(self) -> None:
+        # Connecting is lazy in PyMongo: nothing is sent until the first request.
         if self._settings is not None:
             self._client = _make_client(self._settings)
             self._collection = self._client[self._settings.database][self._settings.collection]
-        try:
-            if self._ensure_indexes_on_open:
-                await self._create_indexes()
-        except BaseException:
-            # _ensure_open will retry _open on the next call: do not leak this client.
-            await self._close_owned_client()
-            raise
 
     async def _close(self) -> None:
         await self._close_owned_client()
@@ -407,39 +355,6 @@ class DocumentDBBackend(LifecycleMixin):
         if self._collection is None:  # pragma: no cover - _open always sets it
             raise RepositoryClosedError(f"{self._lifecycle_name} has no collection")
         return self._collection
-
-    async def ensure_indexes(self) -> bool:
-        """Create the TTL index on ``purge_after``; return whether the engine accepted it.
-
-        Idempotent. An engine that refuses TTL indexes (FerretDB v1 answers
-        NotImplemented) is not an error: the result is False and tombstones must be
-        purged with :meth:`purge_tombstones`::
-
-            if not await store.ensure_indexes():
-                schedule(store.purge_tombstones, every=dt.timedelta(hours=1))
-        """
-        await self._coll()
-        return await self._create_indexes()
-
-    async def _create_indexes(self) -> bool:
-        assert self._collection is not None
-        try:
-            # expireAfterSeconds=0: each tombstone carries its own expiry instant.
-            await self._collection.create_index([("purge_after", ASCENDING)], expireAfterSeconds=0)
-        except OperationFailure as exc:
-            self._ttl_index_supported = False
-            _log.warning(
-                "%s: TTL index on purge_after not created (code %s %s); "
-                "tombstones must be removed with purge_tombstones()",
-                self._name,
-                exc.code,
-                _code_name(exc),
-            )
-            return False
-        except (PyMongoError, BSONError) as exc:
-            raise self._error(exc, "create index") from exc
-        self._ttl_index_supported = True
-        return True
 
     # -- the protocol -----------------------------------------------------------------
 
@@ -458,23 +373,42 @@ class DocumentDBBackend(LifecycleMixin):
             raise self._error(exc, "get") from exc
         return None if doc is None else self._decode(doc, "get")
 
-    async def save(self, session: StudentSession) -> None:
-        """Store ``session`` if its revision is greater than the stored one; else no-op.
+    async def head(self, session_id: uuid.UUID) -> RecordHead | None:
+        """The stored revision and tombstone flag (a projection: no session content)."""
+        key = uuid_to_bson(validate_session_id(session_id))
+        coll = await self._coll()
+        try:
+            doc = await coll.find_one({"_id": key}, {"revision": 1, "deleted": 1})
+        except (PyMongoError, BSONError) as exc:
+            raise self._error(exc, "head") from exc
+        if doc is None:
+            return None
+        revision = doc.get("revision")
+        if isinstance(revision, bool) or not isinstance(revision, int):
+            raise BackendError(f"head: stored document {key!s} has no revision", store=self._name)
+        return RecordHead(int(revision), bool(doc.get("deleted")))
+
+    async def save(
+        self, session: StudentSession, *, expected_revision: int | None = None
+    ) -> WriteResult:
+        """Store ``session`` if its revision is greater than the stored one.
 
         ::
 
-            await store.save(session.model_copy(update={"revision": clock.next()}))
+            result = await store.save(session.model_copy(update={"revision": clock.next()}))
         """
         if not isinstance(session, StudentSession):
             raise InvalidSessionError(
                 f"expected StudentSession, got {type(session).__name__}", fields=("<root>",)
             )
-        if session.revision <= 0:
-            raise InvalidSessionError("a stored session needs a revision", fields=("revision",))
+        check_revision(session.revision)
+        expected = check_expected(expected_revision)
         doc = to_doc(session)
-        await self._write_if_newer(await self._coll(), doc, session.revision, "save")
+        return await self._write(await self._coll(), doc, session.revision, expected, "save")
 
-    async def delete(self, session_id: uuid.UUID, revision: int) -> None:
+    async def delete(
+        self, session_id: uuid.UUID, revision: int, *, expected_revision: int | None = None
+    ) -> WriteResult:
         """Write a tombstone at ``revision`` if it is greater than the stored one.
 
         ::
@@ -482,37 +416,67 @@ class DocumentDBBackend(LifecycleMixin):
             await store.delete(session_id, clock.next())
         """
         sid = validate_session_id(session_id)
-        if isinstance(revision, bool) or not isinstance(revision, int) or revision <= 0:
-            raise InvalidSessionError("a tombstone needs a revision", fields=("revision",))
-        if revision >= 2**63:
-            raise InvalidSessionError("revision must fit in 64 bits", fields=("revision",))
-        purge_after = dt.datetime.now(dt.UTC) + self._tombstone_ttl
-        doc = tombstone_doc(sid, revision, purge_after)
-        await self._write_if_newer(await self._coll(), doc, revision, "delete")
+        check_revision(revision)
+        expected = check_expected(expected_revision)
+        doc = tombstone_doc(sid, revision)
+        return await self._write(await self._coll(), doc, revision, expected, "delete")
 
-    async def _write_if_newer(
-        self, coll: CollectionLike, doc: dict[str, Any], revision: int, operation: str
-    ) -> None:
+    async def purge(self, session_id: uuid.UUID, revision: int) -> None:
+        """Remove the document if its revision is at most ``revision``."""
+        key = uuid_to_bson(validate_session_id(session_id))
+        check_revision(revision)
+        coll = await self._coll()
+        try:
+            await coll.delete_one({"_id": key, "revision": {"$lte": Int64(revision)}})
+        except (PyMongoError, BSONError) as exc:
+            raise self._error(exc, "purge") from exc
+
+    async def _write(
+        self,
+        coll: CollectionLike,
+        doc: dict[str, Any],
+        revision: int,
+        expected: int | None,
+        operation: str,
+    ) -> WriteResult:
         # The portable algorithm of the design (module docstring). No upsert: FerretDB
         # and DocumentDB differ in how an upsert that collides is reported, while an
         # insert's duplicate key is E11000 on every engine.
-        guard = {"_id": doc["_id"], "revision": {"$lt": Int64(revision)}}
+        newer = {"$lt": Int64(revision)}
         try:
+            if expected is not None and expected > 0:
+                # Only the live record the caller read may be replaced.
+                if revision <= expected:
+                    return _NOT_APPLIED
+                guard = {"_id": doc["_id"], "deleted": False, "revision": Int64(expected)}
+                return _applied((await coll.replace_one(guard, doc)).matched_count)
+            if expected == 0:
+                # Only a tombstone (older than this write) or nothing may be replaced.
+                guard = {"_id": doc["_id"], "deleted": True, "revision": newer}
+                if (await coll.replace_one(guard, doc)).matched_count:
+                    return _APPLIED
+                return await self._insert(coll, doc)
+            guard = {"_id": doc["_id"], "revision": newer}
             # Replace first (the default), or go straight to the insert (insert_first).
             if not self._insert_first and (await coll.replace_one(guard, doc)).matched_count:
-                return
-            try:
-                await coll.insert_one(doc)
-                return
-            except DuplicateKeyError as exc:
-                if not _is_id_collision(exc):
-                    raise
-                # The key exists: created by someone else between our replace and
-                # insert, or already there (insert_first). The guarded replace decides.
-            await coll.replace_one(guard, doc)
-            # Matching nothing here means an equal or newer revision is stored: no-op.
+                return _APPLIED
+            if (await self._insert(coll, doc)).applied:
+                return _APPLIED
+            # The key exists: created by someone else between our replace and insert, or
+            # already there (insert_first). The guarded replace decides; matching
+            # nothing means an equal or newer revision is stored.
+            return _applied((await coll.replace_one(guard, doc)).matched_count)
         except (PyMongoError, BSONError) as exc:
             raise self._error(exc, operation) from exc
+
+    async def _insert(self, coll: CollectionLike, doc: dict[str, Any]) -> WriteResult:
+        try:
+            await coll.insert_one(doc)
+        except DuplicateKeyError as exc:
+            if not _is_id_collision(exc):
+                raise
+            return _NOT_APPLIED
+        return _APPLIED
 
     async def scan(
         self, key_range: KeyRange, *, cursor: str | None = None, limit: int = 500
@@ -548,24 +512,6 @@ class DocumentDBBackend(LifecycleMixin):
             return ScanPage(tuple(records), None)
         return ScanPage(tuple(records), format(records[-1].session_id.int, "032x"))
 
-    async def purge_tombstones(self, older_than: dt.datetime | None = None) -> int:
-        """Delete tombstones whose ``purge_after`` is at or before ``older_than`` (default now).
-
-        What the TTL index does by itself on DocumentDB; needed where it could not be
-        created (:attr:`ttl_index_supported` is False). Returns the number removed. ::
-
-            removed = await store.purge_tombstones()
-        """
-        cutoff = dt.datetime.now(dt.UTC) if older_than is None else older_than
-        if cutoff.tzinfo is None:
-            raise ConfigurationError("older_than must be timezone-aware")
-        coll = await self._coll()
-        try:
-            result = await coll.delete_many({"deleted": True, "purge_after": {"$lte": cutoff}})
-        except (PyMongoError, BSONError) as exc:
-            raise self._error(exc, "purge tombstones") from exc
-        return result.deleted_count
-
     # -- helpers ----------------------------------------------------------------------
 
     def _decode(self, doc: Mapping[str, Any], operation: str) -> StoredRecord:
@@ -582,6 +528,14 @@ class DocumentDBBackend(LifecycleMixin):
     def _error(self, exc: BaseException, operation: str) -> BackendError:
         secrets = _uri_secrets(self._settings.uri) if self._settings is not None else ()
         return map_pymongo_error(exc, store=self._name, operation=operation, secrets=secrets)
+
+
+_APPLIED = WriteResult(True)
+_NOT_APPLIED = WriteResult(False)
+
+
+def _applied(matched: int) -> WriteResult:
+    return _APPLIED if matched else _NOT_APPLIED
 
 
 def map_pymongo_error(

@@ -17,10 +17,15 @@ from sessionstore.backends.base import (
     UUID_KEY_SPACE,
     KeyRange,
     LifecycleMixin,
+    RecordHead,
     ScanPage,
     StoredRecord,
+    WriteResult,
+    check_expected,
+    expectation_met,
 )
-from sessionstore.model import StudentSession
+from sessionstore.model import StudentSession, validate_session_id
+from sessionstore.revision import check_revision
 
 __all__ = ["InMemoryBackend"]
 
@@ -53,30 +58,59 @@ class InMemoryBackend(LifecycleMixin):
 
     async def get(self, session_id: uuid.UUID) -> StoredRecord | None:
         """The stored record, or None."""
+        key = validate_session_id(session_id)
         await self._ensure_open()
-        return self._records.get(session_id)
+        return self._records.get(key)
 
-    async def save(self, session: StudentSession) -> None:
-        """Store ``session`` if its revision is newer than what is stored."""
+    async def head(self, session_id: uuid.UUID) -> RecordHead | None:
+        """The stored revision and tombstone flag, or None."""
+        record = await self.get(session_id)
+        return None if record is None else RecordHead(record.revision, record.deleted)
+
+    async def save(
+        self, session: StudentSession, *, expected_revision: int | None = None
+    ) -> WriteResult:
+        """Store ``session`` if its revision is newer (and it is the expected successor)."""
+        if not isinstance(session, StudentSession):
+            raise InvalidSessionError(
+                f"expected StudentSession, got {type(session).__name__}", fields=("<root>",)
+            )
+        check_revision(session.revision)
+        check_expected(expected_revision)
         await self._ensure_open()
-        if session.revision <= 0:
-            raise InvalidSessionError("a stored session needs a revision", fields=("revision",))
-        self._put(StoredRecord.of(session.model_copy(deep=True)))
+        return self._put(StoredRecord.of(session.model_copy(deep=True)), expected_revision)
 
-    async def delete(self, session_id: uuid.UUID, revision: int) -> None:
+    async def delete(
+        self, session_id: uuid.UUID, revision: int, *, expected_revision: int | None = None
+    ) -> WriteResult:
         """Write a tombstone at ``revision`` if it is newer than what is stored."""
+        key = validate_session_id(session_id)
+        check_revision(revision)
+        check_expected(expected_revision)
         await self._ensure_open()
-        if revision <= 0:
-            raise InvalidSessionError("a tombstone needs a revision", fields=("revision",))
-        self._put(StoredRecord.tombstone(session_id, revision))
+        return self._put(StoredRecord.tombstone(key, revision), expected_revision)
 
-    def _put(self, record: StoredRecord) -> None:
+    async def purge(self, session_id: uuid.UUID, revision: int) -> None:
+        """Forget the key if its stored revision is at most ``revision``."""
+        key = validate_session_id(session_id)
+        check_revision(revision)
+        await self._ensure_open()
+        current = self._records.get(key)
+        if current is not None and current.revision <= revision:
+            del self._records[key]
+            del self._order[bisect.bisect_left(self._order, key.int)]
+
+    def _put(self, record: StoredRecord, expected: int | None) -> WriteResult:
         current = self._records.get(record.session_id)
+        head = None if current is None else RecordHead(current.revision, current.deleted)
+        if (current is not None and current.revision >= record.revision) or (
+            expected is not None and not expectation_met(head, expected)
+        ):
+            return WriteResult(False, 0 if current is None else current.revision)
         if current is None:
             bisect.insort(self._order, record.session_id.int)
-        elif current.revision >= record.revision:
-            return
         self._records[record.session_id] = record
+        return WriteResult(True)
 
     async def scan(
         self, key_range: KeyRange, *, cursor: str | None = None, limit: int = 500

@@ -308,8 +308,6 @@ async def _run(args: argparse.Namespace) -> int:
             if args.dry_run:
                 common.info("dry run: inputs and stores are fine; nothing was written")
                 return common.EXIT_OK
-            if action is JobAction.BACKFILL or args.repair:
-                await _ensure_indexes(target)
             try:
                 report = await job.run(units, fingerprint=fingerprint, restart=args.restart)
             finally:
@@ -351,13 +349,6 @@ async def _check_source_not_empty(
             f"the source {where} holds no sessions: check the keyspace/table or "
             "database/collection names (or pass --allow-empty-source); nothing was changed",
         )
-
-
-async def _ensure_indexes(backend: SessionBackend) -> None:
-    # DocumentDB's TTL index on tombstones; a no-op elsewhere and on repeated runs.
-    ensure = getattr(backend, "ensure_indexes", None)
-    if callable(ensure):
-        await ensure()
 
 
 def _output(args: argparse.Namespace, report: JobReport, settings: ConnectionSettings) -> None:

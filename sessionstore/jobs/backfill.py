@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from sessionstore._errors import BackendRejectedError, InvalidSessionError, SessionStoreError
-from sessionstore.backends.base import KeyRange, SessionBackend, StoredRecord
+from sessionstore.backends.base import KeyRange, SessionBackend, StoredRecord, copy_record
 from sessionstore.jobs.checkpoint import CheckpointStore
 from sessionstore.jobs.engine import (
     DEFAULT_PAGE_BYTES,
@@ -46,9 +46,6 @@ from sessionstore.phases import Store
 __all__ = ["BackfillJob", "RecordsRejectedError"]
 
 log = logging.getLogger(__name__)
-
-_Call = Callable[[], Awaitable[None]]
-_Request = Callable[[_Call], Awaitable[None]]
 
 
 class RecordsRejectedError(SessionStoreError):
@@ -206,24 +203,3 @@ class BackfillJob(UnitJob):
             rejected.append(record.session_id)
             return
         result.counts["tombstones" if record.deleted else "sessions"] += 1
-
-
-async def copy_record(
-    record: StoredRecord, target: SessionBackend, *, request: _Request | None = None
-) -> None:
-    """Write ``record`` to ``target`` with its own revision (a no-op if the target is newer).
-
-    ``request`` wraps the store call (the jobs pass their throttled retrier).
-    """
-    run = request or _direct
-    if record.session is None:
-        await run(lambda: target.delete(record.session_id, record.revision))
-        return
-    session = record.session
-    if session.revision != record.revision:
-        session = session.model_copy(update={"revision": record.revision})
-    await run(lambda: target.save(session))
-
-
-async def _direct(fn: _Call) -> None:
-    await fn()

@@ -37,7 +37,7 @@ import time
 import uuid
 from pathlib import Path
 
-from sessionstore._clock import HybridClock
+from sessionstore._errors import ConflictError
 from sessionstore.backends.base import SessionBackend
 from sessionstore.backends.memory import InMemoryBackend
 from sessionstore.jobs.backfill import BackfillJob
@@ -51,6 +51,7 @@ from sessionstore.phases import PHASE_PLANS, Phase, StaticPhaseSource
 from sessionstore.repair.sqlite import SqliteRepairQueue
 from sessionstore.repair.worker import RepairWorker
 from sessionstore.repository import SessionRepository
+from sessionstore.revision import HybridClock
 from sessionstore.testing import FaultInjectingBackend, KeySerializingBackend
 
 __all__ = ["SCHEDULE", "PhaseStats", "RehearsalConfig", "RehearsalReport", "run_rehearsal"]
@@ -87,6 +88,8 @@ class PhaseStats:
 
     phase: Phase
     operations: int = 0
+    #: Writes refused with ConflictError: a concurrent writer's newer revision won.
+    conflicts: int = 0
     latencies: list[float] = dataclasses.field(default_factory=list)
 
     def percentile(self, q: float) -> float:
@@ -165,13 +168,17 @@ class _Traffic:
         sid = self.rng.choice(self.keys)
         roll = self.rng.random()
         start = time.perf_counter()
-        if roll < 0.5:
-            saved = await self.repo.save(self.session(sid))
-            self.ack(sid, saved.revision, False)
-        elif roll < 0.9:
-            await self.repo.get(sid)
-        else:
-            self.ack(sid, await self.repo.delete(sid), True)
+        try:
+            if roll < 0.5:
+                saved = await self.repo.save(self.session(sid))
+                self.ack(sid, saved.revision, False)
+            elif roll < 0.9:
+                await self.repo.get(sid)
+            else:
+                self.ack(sid, await self.repo.delete(sid), True)
+        except ConflictError:
+            # Another writer's newer revision was stored first: not acknowledged.
+            stats.conflicts += 1
         stats.latencies.append(time.perf_counter() - start)
         stats.operations += 1
 

@@ -181,8 +181,6 @@ class ConnectionSettings(BaseModel):
     ) -> SessionBackend:
         """An unopened backend for ``store``; nothing connects until it is used.
 
-        The DocumentDB backend is built with ``ensure_indexes=False``: a job creates the
-        TTL index explicitly, and only on a store it writes to, after its checks.
         ``insert_first`` is for a backfill's DocumentDB target (Cassandra ignores it).
         """
         if store is Store.CASSANDRA:
@@ -192,9 +190,7 @@ class ConnectionSettings(BaseModel):
         from sessionstore.backends.documentdb import DocumentDBBackend
 
         return DocumentDBBackend.connect(
-            self.documentdb_settings(**overrides),
-            ensure_indexes=False,
-            insert_first=insert_first,
+            self.documentdb_settings(**overrides), insert_first=insert_first
         )
 
     def describe(self, store: Store) -> str:

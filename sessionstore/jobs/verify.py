@@ -22,9 +22,11 @@ go into the :class:`~sessionstore.jobs.engine.JobReport`:
 ``missing`` and ``stale`` are copied with their own revision, under the revision rule,
 so a newer write that lands meanwhile is never overwritten. The equal-revision kinds
 cannot be settled by the rule: both stores are re-read and, if they still conflict at
-revision R, the source's record is written to both stores at revision R + 1, which
-outranks the two conflicting copies and nothing else (any later write of the service
-carries a newer clock reading, so it still wins). ``newer`` is left alone.
+revision R, the source's record is written to both stores at the smallest revision
+above R that belongs to the library's own writer id 0
+(:func:`~sessionstore.revision.restamp_revision`): it outranks the two conflicting
+copies and nothing else, and no repository ever issues it (any later write of the
+service carries a newer clock reading, so it still wins). ``newer`` is left alone.
 
 ``sample`` (0 < s <= 1) compares a deterministic share of the keys (by CRC-32 of the
 id, so re-runs and both passes pick the same keys); the ranges are still scanned.
@@ -45,9 +47,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from sessionstore._errors import BackendRejectedError, InvalidSessionError
-from sessionstore.backends.base import KeyRange, SessionBackend, StoredRecord
+from sessionstore.backends.base import KeyRange, SessionBackend, StoredRecord, copy_record
 from sessionstore.divergence import DivergenceKind, compare_records
-from sessionstore.jobs.backfill import copy_record
 from sessionstore.jobs.checkpoint import CheckpointStore
 from sessionstore.jobs.engine import (
     DEFAULT_PAGE_BYTES,
@@ -60,6 +61,7 @@ from sessionstore.jobs.engine import (
 from sessionstore.jobs.throttle import RetryPolicy
 from sessionstore.jobs.units import JobAction, UnitKind, WorkUnit, plan_ids, plan_ranges
 from sessionstore.phases import Store
+from sessionstore.revision import restamp_revision
 
 __all__ = ["VerifyJob", "is_sampled"]
 
@@ -289,7 +291,7 @@ class VerifyJob(UnitJob):
                 await copy_record(now_source, self.target, request=self._request)
                 result.counts["repaired"] += 1
             elif again.kind in _EQUAL_REVISION and now_source is not None:
-                restamped = _restamp(now_source, now_source.revision + 1)
+                restamped = _restamp(now_source, restamp_revision(now_source.revision))
                 await copy_record(restamped, self.source, request=self._request)
                 await copy_record(restamped, self.target, request=self._request)
                 result.counts["repaired"] += 1

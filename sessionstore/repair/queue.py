@@ -1,9 +1,13 @@
 """The repair queue: sessions whose two stores may differ, waiting for the worker.
 
-An entry is removed only when the worker acknowledges it, and an acknowledgement only
-removes the entry if nobody re-queued the session meanwhile (its ``generation`` is
-unchanged), so a crash or a race never loses a repair: at worst a session is repaired
-twice, which the revision rule makes harmless.
+An entry leaves the queue in one of two ways only: the worker acknowledges it (both
+stores now agree), or the worker moves it to the *dead letters* (a conflict the revision
+rule cannot settle, a deletion one store may have forgotten, or a copy that kept failing
+for ``max_attempts``). Dead letters are kept, by session id, until a person looks at them
+(``sessionstore repair --dead-letters``) and re-queues them. An acknowledgement or a dead
+letter only removes the entry if nobody re-queued the session meanwhile, so a crash or a
+race never loses a repair: at worst a session is repaired twice, which the revision rule
+makes harmless.
 
 Example::
 
@@ -12,6 +16,8 @@ Example::
     for task in await queue.claim(100):
         ...
         await queue.ack(task)
+    stats = await queue.stats()
+    assert stats.drained
 """
 
 from __future__ import annotations
@@ -19,22 +25,64 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from sessionstore.backends.base import LifecycleMixin
 
-__all__ = ["InMemoryRepairQueue", "RepairQueue", "RepairTask"]
+__all__ = [
+    "DeadLetter",
+    "InMemoryRepairQueue",
+    "QueueStats",
+    "RepairQueue",
+    "RepairTask",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RepairTask:
-    """One queued session. ``generation`` changes each time the session is re-queued."""
+    """One claimed session.
+
+    ``attempts`` counts the failed attempts before this claim; ``token`` is what the
+    queue needs to acknowledge this very claim (a generation, an SQS receipt handle).
+    """
 
     session_id: uuid.UUID
     reason: str
-    generation: int
-    attempts: int = 0
+    attempts: int
+    token: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A session the worker gave up on; ``reason`` says why (never session content)."""
+
+    session_id: uuid.UUID
+    reason: str
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueStats:
+    """How many sessions are in each state of the queue."""
+
+    #: Visible now: the next claim may take them.
+    ready: int
+    #: Claimed by a worker (leased), or waiting out a back-off after a failure.
+    waiting: int
+    #: Dead letters: kept for a person to look at.
+    dead: int
+
+    @property
+    def pending(self) -> int:
+        """Sessions still to repair (ready or waiting)."""
+        return self.ready + self.waiting
+
+    @property
+    def drained(self) -> bool:
+        """Nothing pending and no dead letter: both stores agree on every queued session."""
+        return self.pending == 0 and self.dead == 0
 
 
 @runtime_checkable
@@ -42,11 +90,11 @@ class RepairQueue(Protocol):
     """Durable set of sessions to repair, with leases so a crashed worker's tasks return."""
 
     async def enqueue(self, session_id: uuid.UUID, reason: str) -> None:
-        """Queue ``session_id`` (once: re-queuing bumps its generation)."""
+        """Queue ``session_id``; a session queued (or dead) already is queued again."""
         ...
 
     async def claim(self, limit: int, *, lease_seconds: float = 60.0) -> list[RepairTask]:
-        """Lease up to ``limit`` tasks that are not leased by another worker."""
+        """Lease up to ``limit`` ready tasks for ``lease_seconds``."""
         ...
 
     async def ack(self, task: RepairTask) -> None:
@@ -54,15 +102,31 @@ class RepairQueue(Protocol):
         ...
 
     async def retry(self, task: RepairTask, *, delay_seconds: float) -> None:
-        """Return a failed task to the queue, visible again after ``delay_seconds``."""
+        """Count a failed attempt; the task is ready again after ``delay_seconds``."""
+        ...
+
+    async def dead_letter(self, task: RepairTask, reason: str) -> None:
+        """Move the task to the dead letters (unless re-queued after it was claimed)."""
+        ...
+
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters."""
+        ...
+
+    async def requeue_dead(self, session_ids: Iterable[uuid.UUID] | None = None) -> int:
+        """Queue dead letters again (all, or those of ``session_ids``); returns how many."""
+        ...
+
+    async def stats(self) -> QueueStats:
+        """Counts by state."""
         ...
 
     async def depth(self) -> int:
-        """How many sessions are queued."""
+        """Sessions still to repair (``stats().pending``)."""
         ...
 
     def cached_depth(self) -> int:
-        """The depth as of the last operation, for metrics (no I/O)."""
+        """The pending count as of the last operation, for metrics (no I/O)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -83,6 +147,7 @@ class _Entry:
     generation: int
     attempts: int = 0
     visible_at: float = 0.0
+    dead: str | None = None  # the dead-letter reason
 
 
 class InMemoryRepairQueue(LifecycleMixin):
@@ -94,54 +159,110 @@ class InMemoryRepairQueue(LifecycleMixin):
         self._entries: dict[uuid.UUID, _Entry] = {}
         self._generation = 0
 
+    def _current(self, task: RepairTask) -> _Entry | None:
+        entry = self._entries.get(task.session_id)
+        if entry is None or entry.dead is not None or str(entry.generation) != task.token:
+            return None
+        return entry
+
     async def enqueue(self, session_id: uuid.UUID, reason: str) -> None:
-        """Queue the session; if already queued, bump its generation and make it visible."""
+        """Queue the session; if already queued or dead, queue it again now."""
         await self._ensure_open()
         self._generation += 1
         entry = self._entries.get(session_id)
         if entry is None:
-            self._entries[session_id] = _Entry(reason, self._generation)
-        else:
-            entry.generation, entry.visible_at = self._generation, 0.0
+            self._entries[session_id] = _Entry(reason, self._generation, visible_at=time.time())
+            return
+        entry.generation, entry.visible_at = self._generation, time.time()
+        if entry.dead is not None:
+            entry.reason, entry.attempts, entry.dead = reason, 0, None
 
     async def claim(self, limit: int, *, lease_seconds: float = 60.0) -> list[RepairTask]:
-        """Lease up to ``limit`` visible tasks, oldest generation first."""
+        """Lease up to ``limit`` ready tasks, oldest first."""
         await self._ensure_open()
-        now = time.monotonic()
-        visible = sorted(
-            ((sid, e) for sid, e in self._entries.items() if e.visible_at <= now),
-            key=lambda item: item[1].generation,
+        now = time.time()
+        ready = sorted(
+            (
+                (sid, e)
+                for sid, e in self._entries.items()
+                if e.dead is None and e.visible_at <= now
+            ),
+            key=lambda item: item[1].visible_at,
         )[:limit]
         tasks = []
-        for sid, entry in visible:
+        for sid, entry in ready:
             entry.visible_at = now + lease_seconds
-            tasks.append(RepairTask(sid, entry.reason, entry.generation, entry.attempts))
+            tasks.append(RepairTask(sid, entry.reason, entry.attempts, str(entry.generation)))
         return tasks
 
     async def ack(self, task: RepairTask) -> None:
-        """Remove the task if its generation is unchanged."""
+        """Remove the task if its session was not re-queued since the claim."""
         await self._ensure_open()
-        entry = self._entries.get(task.session_id)
-        if entry is not None and entry.generation == task.generation:
+        if self._current(task) is not None:
             del self._entries[task.session_id]
 
     async def retry(self, task: RepairTask, *, delay_seconds: float) -> None:
-        """Make the task visible again after ``delay_seconds``."""
+        """Count the failed attempt; ready again after ``delay_seconds``."""
         await self._ensure_open()
-        entry = self._entries.get(task.session_id)
-        if entry is not None and entry.generation == task.generation:
+        entry = self._current(task)
+        if entry is not None:
             entry.attempts += 1
-            entry.visible_at = time.monotonic() + delay_seconds
+            entry.visible_at = time.time() + delay_seconds
+
+    async def dead_letter(self, task: RepairTask, reason: str) -> None:
+        """Keep the session as a dead letter with ``reason``."""
+        await self._ensure_open()
+        entry = self._current(task)
+        if entry is not None:
+            entry.dead = reason
+
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        """The dead letters, up to ``limit``."""
+        await self._ensure_open()
+        dead = [
+            DeadLetter(sid, e.dead, e.attempts)
+            for sid, e in self._entries.items()
+            if e.dead is not None
+        ]
+        return dead[:limit]
+
+    async def requeue_dead(self, session_ids: Iterable[uuid.UUID] | None = None) -> int:
+        """Queue dead letters again, with their attempts reset."""
+        await self._ensure_open()
+        wanted = None if session_ids is None else set(session_ids)
+        count = 0
+        for sid, entry in self._entries.items():
+            if entry.dead is not None and (wanted is None or sid in wanted):
+                entry.dead, entry.attempts, entry.visible_at = None, 0, time.time()
+                count += 1
+        return count
+
+    async def stats(self) -> QueueStats:
+        """Counts by state."""
+        await self._ensure_open()
+        now = time.time()
+        ready = waiting = dead = 0
+        for entry in self._entries.values():
+            if entry.dead is not None:
+                dead += 1
+            elif entry.visible_at <= now:
+                ready += 1
+            else:
+                waiting += 1
+        return QueueStats(ready, waiting, dead)
 
     async def depth(self) -> int:
-        """How many sessions are queued."""
-        await self._ensure_open()
-        return len(self._entries)
+        """Sessions still to repair."""
+        return (await self.stats()).pending
 
     def cached_depth(self) -> int:
-        """The current depth (no I/O here)."""
-        return len(self._entries)
+        """The pending count (no I/O here)."""
+        return sum(entry.dead is None for entry in self._entries.values())
 
     def pending(self) -> set[uuid.UUID]:
-        """The queued session ids, for assertions in tests."""
-        return set(self._entries)
+        """The session ids still to repair, for assertions in tests."""
+        return {sid for sid, e in self._entries.items() if e.dead is None}
+
+    def dead(self) -> dict[uuid.UUID, str]:
+        """The dead letters' session ids and reasons, for assertions in tests."""
+        return {sid: e.dead for sid, e in self._entries.items() if e.dead is not None}

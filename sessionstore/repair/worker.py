@@ -2,42 +2,76 @@
 
 For each queued session it reads both stores and copies the newer record (session or
 tombstone) to the other one under the revision rule. The authoritative store normally
-holds the newer record; after a rollback the other one may, and copying newest-wins
-is right in both cases. A copy that fails is retried with exponential back-off
-(capped at 64 times the base delay); a repair never
-makes a store older.
+holds the newer record; after a rollback the other one may, and copying newest-wins is
+right in both cases. A repair never makes a store older, and it never guesses:
+
+- two different records at the *same* revision (a conflict) are not copied either way;
+- a live session present in one store only, and older than the tombstone grace period,
+  is not copied: the other store may have held a deletion that has since been purged,
+  and copying would bring a deleted session back.
+
+Both go to the queue's dead letters with their session id, as does a copy that failed
+``max_attempts`` times (each failure is retried with exponential back-off, capped at 64
+times the base delay). Nothing is acknowledged away.
 
 Example::
 
     worker = RepairWorker(cassandra=c, documentdb=d, queue=queue)
     report = await worker.drain()
+    assert report.dead_lettered == 0
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
+import enum
 import logging
 import uuid
+from collections.abc import Callable
 
-from sessionstore._errors import BackendError
+from sessionstore._errors import BackendError, ConfigurationError
 from sessionstore._telemetry import Telemetry
-from sessionstore.backends.base import SessionBackend, StoredRecord
+from sessionstore.backends.base import SessionBackend, copy_record
 from sessionstore.divergence import DivergenceKind, compare_records
 from sessionstore.repair.queue import RepairQueue, RepairTask
+from sessionstore.revision import wall_clock_us
 
-__all__ = ["RepairOutcome", "RepairReport", "RepairWorker"]
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_TOMBSTONE_GRACE",
+    "RepairOutcome",
+    "RepairReport",
+    "RepairWorker",
+    "older_than_grace",
+]
 
 log = logging.getLogger(__name__)
 
+#: Failed attempts after which a queued session becomes a dead letter.
+DEFAULT_MAX_ATTEMPTS = 8
 
-class RepairOutcome:
-    """Outcome names used in reports and the ``sessionstore.repairs.completed`` counter."""
+#: The least age of a tombstone before the purge job may remove it; automatic repairs
+#: never fill a key that one store lacks with a live copy older than this.
+DEFAULT_TOMBSTONE_GRACE = dt.timedelta(days=30)
 
+
+class RepairOutcome(enum.StrEnum):
+    """What one repair did (the ``sessionstore.repairs.completed`` outcome)."""
+
+    #: The newer record was copied to the other store.
     COPIED = "copied"
+    #: Both stores already held the same newest record.
     IN_SYNC = "in_sync"
+    #: Different records at the same revision: dead letter, settle with verify --repair.
     CONFLICT = "conflict"
+    #: One store lacks the key and the other holds an old live copy: dead letter.
+    POSSIBLY_DELETED = "possibly_deleted"
+    #: A store failed; retried later.
     FAILED = "failed"
+    #: Failed ``max_attempts`` times: dead letter.
+    GAVE_UP = "gave_up"
 
 
 @dataclasses.dataclass
@@ -47,16 +81,50 @@ class RepairReport:
     copied: int = 0
     in_sync: int = 0
     conflicts: int = 0
+    possibly_deleted: int = 0
     failed: int = 0
+    gave_up: int = 0
 
     @property
     def processed(self) -> int:
         """Tasks handled, whatever their outcome."""
-        return self.copied + self.in_sync + self.conflicts + self.failed
+        return sum(dataclasses.astuple(self))
+
+    @property
+    def dead_lettered(self) -> int:
+        """Tasks moved to the dead letters by this drain."""
+        return self.conflicts + self.possibly_deleted + self.gave_up
+
+    def add(self, outcome: RepairOutcome) -> None:
+        """Count one outcome."""
+        name = {
+            RepairOutcome.CONFLICT: "conflicts",
+            RepairOutcome.POSSIBLY_DELETED: "possibly_deleted",
+            RepairOutcome.GAVE_UP: "gave_up",
+        }.get(outcome, outcome.value)
+        setattr(self, name, getattr(self, name) + 1)
+
+    def merge(self, other: RepairReport) -> None:
+        """Add another report's counts to this one."""
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+def older_than_grace(revision: int, now_us: int, grace: dt.timedelta) -> bool:
+    """Whether ``revision`` is older than ``grace`` before ``now_us``."""
+    return revision < now_us - grace // dt.timedelta(microseconds=1)
 
 
 class RepairWorker:
-    """Drains a repair queue against the two stores."""
+    """Drains a repair queue against the two stores.
+
+    Args:
+        cassandra, documentdb: the two stores.
+        queue: the repair queue.
+        max_attempts: failed attempts after which a session becomes a dead letter.
+        tombstone_grace: the least age of a purged tombstone (see the module docstring).
+        time_source: microseconds since the epoch (the wall clock; simulated in tests).
+    """
 
     def __init__(
         self,
@@ -68,15 +136,32 @@ class RepairWorker:
         batch_size: int = 100,
         concurrency: int = 8,
         retry_delay_seconds: float = 1.0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        tombstone_grace: dt.timedelta = DEFAULT_TOMBSTONE_GRACE,
+        time_source: Callable[[], int] | None = None,
+        lease_seconds: float = 60.0,
     ) -> None:
+        for value, what in ((batch_size, "batch_size"), (concurrency, "concurrency")):
+            if value < 1:
+                raise ConfigurationError(f"{what} must be at least 1")
+        if max_attempts < 1:
+            raise ConfigurationError("max_attempts must be at least 1")
+        if retry_delay_seconds < 0 or lease_seconds <= 0:
+            raise ConfigurationError("retry_delay_seconds and lease_seconds must be positive")
+        if tombstone_grace <= dt.timedelta(0):
+            raise ConfigurationError("tombstone_grace must be positive")
         self._stores = (cassandra, documentdb)
         self._queue = queue
         self._telemetry = telemetry or Telemetry()
         self._batch_size = batch_size
         self._limit = asyncio.Semaphore(concurrency)
         self._retry_delay = retry_delay_seconds
+        self._max_attempts = max_attempts
+        self._grace = tombstone_grace
+        self._now = time_source or wall_clock_us
+        self._lease = lease_seconds
 
-    async def sync(self, session_id: uuid.UUID) -> str:
+    async def sync(self, session_id: uuid.UUID) -> RepairOutcome:
         """Copy the newer of the two records to the other store; return the outcome."""
         first, second = self._stores
         a, b = await asyncio.gather(first.get(session_id), second.get(session_id))
@@ -84,53 +169,55 @@ class RepairWorker:
         if divergence.consistent:
             return RepairOutcome.IN_SYNC
         if divergence.kind in (DivergenceKind.CONTENT_MISMATCH, DivergenceKind.DELETED_IN_ONE):
-            # Equal revisions: the revision rule cannot pick a winner. Left to verify.
+            # Equal revisions: the revision rule cannot pick a winner.
             log.warning("repair conflict: equal revisions differ in %s", divergence.fields)
             return RepairOutcome.CONFLICT
         if a is not None and (b is None or a.revision > b.revision):
-            await _copy(a, second)
-        elif b is not None:
-            await _copy(b, first)
+            newer, target, other = a, second, b
+        else:
+            assert b is not None
+            newer, target, other = b, first, a
+        if (
+            other is None
+            and not newer.deleted
+            and older_than_grace(newer.revision, self._now(), self._grace)
+        ):
+            return RepairOutcome.POSSIBLY_DELETED
+        await copy_record(newer, target)
         return RepairOutcome.COPIED
 
     async def drain(self, *, max_rounds: int | None = None) -> RepairReport:
-        """Process tasks until the queue has no visible task (or ``max_rounds`` batches)."""
+        """Process tasks until none is ready (or ``max_rounds`` batches)."""
         report = RepairReport()
         rounds = 0
         while max_rounds is None or rounds < max_rounds:
-            tasks = await self._queue.claim(self._batch_size)
+            tasks = await self._queue.claim(self._batch_size, lease_seconds=self._lease)
             if not tasks:
                 break
             rounds += 1
-            outcomes = await asyncio.gather(*(self._process(t) for t in tasks))
-            for outcome in outcomes:
-                if outcome == RepairOutcome.COPIED:
-                    report.copied += 1
-                elif outcome == RepairOutcome.IN_SYNC:
-                    report.in_sync += 1
-                elif outcome == RepairOutcome.CONFLICT:
-                    report.conflicts += 1
-                else:
-                    report.failed += 1
+            for outcome in await asyncio.gather(*(self._process(t) for t in tasks)):
+                report.add(outcome)
         return report
 
-    async def _process(self, task: RepairTask) -> str:
+    async def _process(self, task: RepairTask) -> RepairOutcome:
         async with self._limit:
             try:
                 outcome = await self.sync(task.session_id)
             except BackendError as exc:
-                self._telemetry.repair_completed(RepairOutcome.FAILED)
-                log.warning("repair failed (%s); will retry", type(exc).__name__)
-                delay = self._retry_delay * 2 ** min(task.attempts, 6)
-                await self._queue.retry(task, delay_seconds=delay)
-                return RepairOutcome.FAILED
-            await self._queue.ack(task)
-            self._telemetry.repair_completed(outcome)
+                error = type(exc).__name__
+                if task.attempts + 1 >= self._max_attempts:
+                    outcome = RepairOutcome.GAVE_UP
+                    await self._queue.dead_letter(task, f"gave_up:{error}")
+                else:
+                    outcome = RepairOutcome.FAILED
+                    delay = self._retry_delay * 2 ** min(task.attempts, 6)
+                    await self._queue.retry(task, delay_seconds=delay)
+                log.warning("repair of %s failed (%s): %s", task.session_id, error, outcome)
+            else:
+                if outcome in (RepairOutcome.CONFLICT, RepairOutcome.POSSIBLY_DELETED):
+                    await self._queue.dead_letter(task, outcome.value)
+                    log.error("repair of %s left as a dead letter: %s", task.session_id, outcome)
+                else:
+                    await self._queue.ack(task)
+            self._telemetry.repair_completed(outcome.value)
             return outcome
-
-
-async def _copy(record: StoredRecord, target: SessionBackend) -> None:
-    if record.session is None:
-        await target.delete(record.session_id, record.revision)
-    else:
-        await target.save(record.session)

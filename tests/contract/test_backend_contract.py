@@ -13,8 +13,15 @@ import uuid
 
 import pytest
 
-from sessionstore import RepositoryClosedError, StoredRecord
+from sessionstore import (
+    InvalidRevisionError,
+    RecordHead,
+    RepositoryClosedError,
+    StoredRecord,
+    WriteResult,
+)
 from sessionstore.backends import KeyRange
+from sessionstore.revision import MAX_REVISION
 from tests.helpers import make_session
 from tests.stores import StoreHandle
 
@@ -187,3 +194,102 @@ async def test_use_after_close_raises(store: StoreHandle) -> None:
     await store.backend.aclose()  # idempotent
     with pytest.raises(RepositoryClosedError):
         await store.backend.get(uuid.uuid4())
+
+
+# -- what a write reports, the cheap head read, optimistic concurrency, purge -----------
+
+
+async def test_head_reports_the_stored_revision_and_tombstone_flag(store: StoreHandle) -> None:
+    s = make_session(revision=100, attachment_bytes=1024)
+    assert await store.backend.head(s.session_id) is None
+    await store.backend.save(s)
+    assert await store.backend.head(s.session_id) == RecordHead(100, deleted=False)
+    await store.backend.delete(s.session_id, 200)
+    assert await store.backend.head(s.session_id) == RecordHead(200, deleted=True)
+
+
+async def test_a_write_reports_whether_it_landed(store: StoreHandle) -> None:
+    # applied is True or False where the store can tell, None where it cannot; a store
+    # that says True or False must be right.
+    s = make_session(revision=100)
+    first = await store.backend.save(s)
+    assert first.applied in (True, None)
+    late = await store.backend.save(s.model_copy(update={"revision": 50}))
+    assert late.applied in (False, None)
+    assert await store.backend.get(s.session_id) == StoredRecord.of(s)
+    late_delete = await store.backend.delete(s.session_id, 60)
+    assert late_delete.applied in (False, None)
+    if late.applied is False and late.current_revision is not None:
+        assert late.current_revision == 100
+
+
+@pytest.mark.parametrize("kind", ["save", "delete"])
+async def test_expected_revision_lands_only_on_the_expected_record(
+    store: StoreHandle, kind: str
+) -> None:
+    s = make_session(revision=100)
+    await store.backend.save(s)
+
+    async def write(revision: int, expected: int) -> WriteResult:
+        if kind == "save":
+            copy = s.model_copy(update={"revision": revision, "status": "graded"})
+            return await store.backend.save(copy, expected_revision=expected)
+        return await store.backend.delete(s.session_id, revision, expected_revision=expected)
+
+    stale = await write(300, 99)  # the caller read something else
+    assert stale.applied is False
+    assert stale.current_revision in (100, None)
+    assert await store.backend.get(s.session_id) == StoredRecord.of(s)
+    assert (await write(200, 0)).applied is False  # "no live session": there is one
+    assert (await write(200, 100)).applied is True
+    assert (await store.backend.head(s.session_id)) == RecordHead(200, deleted=kind == "delete")
+
+
+async def test_expected_revision_zero_creates_or_replaces_a_tombstone(store: StoreHandle) -> None:
+    fresh = make_session(revision=10)
+    assert (await store.backend.save(fresh, expected_revision=0)).applied is True
+    sid = uuid.uuid4()
+    await store.backend.delete(sid, 50)
+    recreated = make_session(session_id=sid, revision=60)
+    assert (await store.backend.save(recreated, expected_revision=0)).applied is True
+    assert await store.backend.get(sid) == StoredRecord.of(recreated)
+    older = make_session(session_id=uuid.uuid4(), revision=60)
+    await store.backend.delete(older.session_id, 70)  # a newer deletion than the write
+    assert (await store.backend.save(older, expected_revision=0)).applied is False
+
+
+async def test_purge_forgets_the_key_only_up_to_the_revision(store: StoreHandle) -> None:
+    s = make_session(revision=100)
+    await store.backend.save(s)
+    await store.backend.delete(s.session_id, 200)
+    await store.backend.purge(s.session_id, 199)
+    assert await store.backend.get(s.session_id) == StoredRecord.tombstone(s.session_id, 200)
+    await store.backend.purge(s.session_id, 200)
+    assert await store.backend.get(s.session_id) is None
+    assert await store.backend.head(s.session_id) is None
+    page = await store.backend.scan(store.backend.key_space)
+    assert s.session_id not in {r.session_id for r in page}
+    await store.backend.purge(uuid.uuid4(), 5)  # nothing stored: a no-op
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2**63, True, 1.5, "7"])
+async def test_every_store_refuses_the_same_revisions(store: StoreHandle, bad: object) -> None:
+    s = make_session(revision=10)
+    sid = uuid.uuid4()
+    with pytest.raises(InvalidRevisionError):
+        await store.backend.save(s.model_copy(update={"revision": bad}))
+    with pytest.raises(InvalidRevisionError):
+        await store.backend.delete(sid, bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRevisionError):
+        await store.backend.purge(sid, bad)  # type: ignore[arg-type]
+    if bad != 0:
+        with pytest.raises(InvalidRevisionError):
+            await store.backend.save(s, expected_revision=bad)  # type: ignore[arg-type]
+    assert await store.backend.get(s.session_id) is None
+    assert await store.backend.get(sid) is None
+
+
+async def test_the_largest_revision_is_accepted_by_every_store(store: StoreHandle) -> None:
+    s = make_session(revision=MAX_REVISION)
+    await store.backend.save(s)
+    assert await store.backend.get(s.session_id) == StoredRecord.of(s)

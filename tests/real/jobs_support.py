@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -24,11 +23,11 @@ from typing import Any
 from cassandra.concurrent import execute_concurrent_with_args
 
 from sessionstore import Answer, SessionBackend, StoredRecord, StudentSession
-from sessionstore._clock import HybridClock
 from sessionstore.backends import _cql_codec
 from sessionstore.backends._bson_codec import to_doc, tombstone_doc
 from sessionstore.backends.cassandra import CassandraBackend, create_schema
 from sessionstore.backends.documentdb import DocumentDBBackend
+from sessionstore.revision import HybridClock
 from tests.real.cassandra_store import (
     TEST_KEYSPACE,
     fresh_table_name,
@@ -107,7 +106,7 @@ async def open_pair(names: Names) -> AsyncIterator[RealPair]:
     cassandra = CassandraBackend.connect(server_settings(table=names.table, consistency="ONE"))
     client = new_client()
     collection = client[TEST_DATABASE][names.collection]
-    documentdb = DocumentDBBackend(collection, name="documentdb", ensure_indexes=False)
+    documentdb = DocumentDBBackend(collection, name="documentdb")
     try:
         await cassandra.__aenter__()
         await documentdb.__aenter__()
@@ -184,11 +183,8 @@ async def seed_cassandra(
 
 async def seed_documentdb(collection: Any, records: Iterable[StoredRecord]) -> None:
     """Bulk-insert documents exactly as the backend's codec writes them."""
-    purge = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
     docs = [
-        to_doc(r.session)
-        if r.session is not None
-        else tombstone_doc(r.session_id, r.revision, purge)
+        to_doc(r.session) if r.session is not None else tombstone_doc(r.session_id, r.revision)
         for r in records
     ]
     for start in range(0, len(docs), 2000):

@@ -37,7 +37,6 @@ from sessionstore import (
 from sessionstore.backends import BackendState, KeyRange
 from sessionstore.backends import _cql_codec as codec
 from sessionstore.backends.cassandra import (
-    DEFAULT_TOMBSTONE_TTL,
     CassandraBackend,
     CassandraSettings,
     create_schema,
@@ -136,7 +135,7 @@ async def test_historical_row_updated_per_column_takes_the_newest_writetime(
 # --------------------------------------------------------------------- tombstones
 
 
-async def test_tombstone_row_has_the_ttl_and_the_revision_as_writetime(
+async def test_tombstone_row_has_no_ttl_and_the_revision_as_writetime(
     backend: TestCassandraBackend,
 ) -> None:
     s = make_session(revision=100)
@@ -149,39 +148,32 @@ async def test_tombstone_row_has_the_ttl_and_the_revision_as_writetime(
         (s.session_id,),
     )
     (row,) = rows
-    assert DEFAULT_TOMBSTONE_TTL - 60 < row.ttl <= DEFAULT_TOMBSTONE_TTL
+    assert row.ttl is None  # kept until the purge job removes it from both stores
     assert row.wt == 250
     assert row.revision == 250
     assert row.student_id is None
     assert row.attachment_data is None
 
 
-async def test_tombstone_ttl_is_configurable() -> None:
-    store = await open_backend(tombstone_ttl=3_600)
-    try:
-        sid = uuid.uuid4()
-        await store.delete(sid, 7)
-        (row,) = await session_execute(
-            await shared_session(),
-            f"SELECT TTL(revision) AS ttl FROM {_target(store)} WHERE session_id = %s",
-            (sid,),
-        )
-        assert 3_540 < row.ttl <= 3_600
-    finally:
-        await store.aclose()
-
-
-async def test_save_after_tombstone_clears_the_ttl(backend: TestCassandraBackend) -> None:
+async def test_purge_removes_only_what_is_at_most_the_revision(
+    backend: TestCassandraBackend,
+) -> None:
     sid = uuid.uuid4()
     await backend.delete(sid, 10)
-    await backend.save(make_session(session_id=sid, revision=20))
-    (row,) = await session_execute(
-        await shared_session(),
-        f"SELECT TTL(deleted) AS ttl, deleted FROM {_target(backend)} WHERE session_id = %s",
-        (sid,),
-    )
-    assert row.ttl is None
-    assert row.deleted is False
+    await backend.purge(sid, 9)
+    assert await backend.get(sid) == StoredRecord.tombstone(sid, 10)
+    await backend.purge(sid, 10)
+    assert await backend.get(sid) is None
+    assert await backend.head(sid) is None
+    # An older live copy goes too; a newer save survives a purge below it.
+    old = make_session(revision=5)
+    await backend.save(old)
+    await backend.purge(old.session_id, 10)
+    assert await backend.get(old.session_id) is None
+    newer = make_session(revision=50)
+    await backend.save(newer)
+    await backend.purge(newer.session_id, 40)
+    assert await backend.get(newer.session_id) == StoredRecord.of(newer)
 
 
 async def test_equal_revision_delete_wins_over_save_in_any_order(
@@ -551,7 +543,6 @@ def test_settings_hide_the_password_and_validate() -> None:
         {"consistency": "MOST"},
         {"password": None},
         {"extra": 1},
-        {"tombstone_ttl": 0},
         {"contact_points": []},
     ):
         values = {

@@ -58,7 +58,7 @@ from sessionstore import (
     StudentSession,
 )
 from sessionstore.backends import UUID_KEY_SPACE, KeyRange
-from sessionstore.backends._bson_codec import from_doc, to_doc, tombstone_doc
+from sessionstore.backends._bson_codec import from_doc, to_doc
 from sessionstore.backends.documentdb import (
     DocumentDBBackend,
     DocumentDBSettings,
@@ -94,12 +94,10 @@ class DuckCollection:
         inner: AsyncCollection[dict[str, Any]],
         *,
         between_replace_and_insert: Callable[[], Awaitable[None]] | None = None,
-        create_index_error: BaseException | None = None,
     ) -> None:
         self.inner = inner
         self.calls: list[tuple[str, object]] = []
         self._race = between_replace_and_insert
-        self._create_index_error = create_index_error
 
     async def find_one(self, filter: Any = None, *args: Any, **kwargs: Any) -> Any:
         self.calls.append(("find_one", None))
@@ -128,15 +126,10 @@ class DuckCollection:
         self.calls.append(("insert_one", "ok"))
         return result
 
-    async def create_index(self, keys: Any, **kwargs: Any) -> str:
-        self.calls.append(("create_index", (keys, kwargs)))
-        if self._create_index_error is not None:
-            raise self._create_index_error
-        return "purge_after_1"
-
-    async def delete_many(self, filter: Mapping[str, Any]) -> DeleteResult:
-        self.calls.append(("delete_many", None))
-        return await self.inner.delete_many(filter)
+    async def delete_one(self, filter: Mapping[str, Any]) -> DeleteResult:
+        result = await self.inner.delete_one(filter)
+        self.calls.append(("delete_one", result.deleted_count))
+        return result
 
 
 class FailingCollection(DuckCollection):
@@ -146,7 +139,7 @@ class FailingCollection(DuckCollection):
         self.calls = []
 
     def __getattribute__(self, name: str) -> Any:
-        if name in {"find_one", "find", "replace_one", "insert_one", "delete_many"}:
+        if name in {"find_one", "find", "replace_one", "insert_one", "delete_one"}:
             raise AssertionError(f"unexpected I/O: {name}")
         return super().__getattribute__(name)
 
@@ -163,11 +156,6 @@ async def backend(
 ) -> AsyncIterator[DocumentDBBackend]:
     async with DocumentDBBackend(collection) as store:
         yield store
-
-
-async def _is_ferretdb(collection: AsyncCollection[dict[str, Any]]) -> bool:
-    info = await collection.database.client.admin.command("buildInfo")
-    return "ferretdbVersion" in info
 
 
 def _closed_port() -> int:
@@ -189,7 +177,7 @@ async def test_race_with_an_older_concurrent_creator_leaves_ours(
         await collection.insert_one(to_doc(theirs))
 
     racing = DuckCollection(collection, between_replace_and_insert=other_writer)
-    async with DocumentDBBackend(racing, ensure_indexes=False) as store:
+    async with DocumentDBBackend(racing) as store:
         await store.save(ours)
         assert racing.calls == [
             ("replace_one", 0),  # nothing stored yet
@@ -209,7 +197,7 @@ async def test_race_with_a_newer_concurrent_creator_keeps_theirs(
         await collection.insert_one(to_doc(theirs))
 
     racing = DuckCollection(collection, between_replace_and_insert=other_writer)
-    async with DocumentDBBackend(racing, ensure_indexes=False) as store:
+    async with DocumentDBBackend(racing) as store:
         await store.save(ours)  # no error: a newer revision is stored
         assert racing.calls == [
             ("replace_one", 0),
@@ -229,7 +217,7 @@ async def test_delete_races_a_concurrent_creator_the_same_way(
         await collection.insert_one(to_doc(theirs))
 
     racing = DuckCollection(collection, between_replace_and_insert=other_writer)
-    async with DocumentDBBackend(racing, ensure_indexes=False) as store:
+    async with DocumentDBBackend(racing) as store:
         await store.delete(theirs.session_id, 200)
         expected = (
             StoredRecord.tombstone(theirs.session_id, 200)
@@ -251,7 +239,7 @@ async def test_insert_first_gives_the_same_outcome_in_fewer_round_trips(
     if stored_revision is not None:
         await collection.insert_one(to_doc(theirs))
     duck = DuckCollection(collection)
-    async with DocumentDBBackend(duck, ensure_indexes=False, insert_first=True) as store:
+    async with DocumentDBBackend(duck, insert_first=True) as store:
         assert store.insert_first
         await store.save(ours)
         if stored_revision is None:
@@ -278,7 +266,7 @@ async def test_a_duplicate_on_another_unique_index_is_not_swallowed(insert_first
 
     coll = OtherIndexCollision.__new__(OtherIndexCollision)
     coll.calls = []
-    async with DocumentDBBackend(coll, ensure_indexes=False, insert_first=insert_first) as store:
+    async with DocumentDBBackend(coll, insert_first=insert_first) as store:
         with pytest.raises(BackendRejectedError) as info:
             await store.save(make_session(revision=1))
     assert isinstance(info.value.__cause__, DuplicateKeyError)
@@ -342,92 +330,38 @@ async def test_operator_looking_values_are_stored_verbatim(
     assert await collection.count_documents({"student_id": hostile}) == 1
 
 
-# -- TTL index and explicit purge --------------------------------------------------------
+# -- tombstones and purge -----------------------------------------------------------------
 
 
-async def test_ttl_index_support_is_detected_on_the_real_server(
-    backend: DocumentDBBackend, collection: AsyncCollection[dict[str, Any]]
-) -> None:
-    # FerretDB v1 answers NotImplemented (code 238); opening did not fail.
-    expected = not await _is_ferretdb(collection)
-    assert backend.ttl_index_supported is expected
-    assert await backend.ensure_indexes() is expected
-
-
-async def test_ttl_index_is_requested_with_expire_after_zero(
+async def test_opening_writes_nothing_and_creates_no_index(
     collection: AsyncCollection[dict[str, Any]],
 ) -> None:
     duck = DuckCollection(collection)
     async with DocumentDBBackend(duck) as store:
-        assert store.ttl_index_supported is True
-    assert duck.calls == [("create_index", ([("purge_after", 1)], {"expireAfterSeconds": 0}))]
+        assert await store.get(uuid.uuid4()) is None
+    assert duck.calls == [("find_one", None)]
+    names = [index["name"] async for index in await collection.list_indexes()]
+    assert names in ([], ["_id_"])
 
 
-@pytest.mark.parametrize("code", [238, 13, 67])  # NotImplemented, Unauthorized, CannotCreateIndex
-async def test_refused_ttl_index_is_recorded_not_raised(
-    collection: AsyncCollection[dict[str, Any]], code: int, caplog: pytest.LogCaptureFixture
-) -> None:
-    duck = DuckCollection(collection, create_index_error=OperationFailure("no", code))
-    async with DocumentDBBackend(duck) as store:
-        assert store.ttl_index_supported is False
-        await store.save(make_session(revision=1))
-    assert "purge_tombstones" in caplog.text
-
-
-async def test_unreachable_server_during_index_creation_fails_the_open(
+async def test_a_tombstone_is_kept_until_purged(
     collection: AsyncCollection[dict[str, Any]],
 ) -> None:
-    duck = DuckCollection(collection, create_index_error=ServerSelectionTimeoutError("down"))
-    store = DocumentDBBackend(duck)
-    with pytest.raises(BackendUnavailableError):
-        await store.get(uuid.uuid4())
-    assert store.ttl_index_supported is None
-
-
-async def test_tombstone_carries_purge_after_now_plus_ttl(
-    collection: AsyncCollection[dict[str, Any]],
-) -> None:
-    async with DocumentDBBackend(collection, tombstone_ttl=dt.timedelta(hours=2)) as store:
+    async with DocumentDBBackend(collection) as store:
         sid = uuid.uuid4()
-        before = dt.datetime.now(dt.UTC)
         await store.delete(sid, 10)
         raw = await collection.find_one({"_id": Binary.from_uuid(sid)})
-    assert raw is not None
-    assert set(raw) == {"_id", "revision", "deleted", "purge_after"}
-    assert raw["deleted"] is True and raw["revision"] == 10
-    expected = before + dt.timedelta(hours=2)
-    assert (
-        expected - dt.timedelta(seconds=1)
-        <= raw["purge_after"]
-        <= expected + dt.timedelta(seconds=30)
-    )
-
-
-async def test_purge_tombstones_removes_only_due_tombstones(
-    collection: AsyncCollection[dict[str, Any]],
-) -> None:
-    async with DocumentDBBackend(collection, tombstone_ttl=3600) as store:
-        live = make_session(revision=1)
-        await store.save(live)
-        gone = [uuid.uuid4() for _ in range(3)]
-        for sid in gone:
-            await store.delete(sid, 5)
-        # Written directly with an expiry in the past, as if deleted long ago.
-        expired = uuid.uuid4()
-        past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-        await collection.insert_one(tombstone_doc(expired, 7, past))
-
-        assert await store.purge_tombstones() == 1  # only the expired one
-        assert await store.get(expired) is None
-        assert await store.get(gone[0]) == StoredRecord.tombstone(gone[0], 5)
-
-        later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
-        assert await store.purge_tombstones(older_than=later) == 3
-        assert [await store.get(sid) for sid in gone] == [None, None, None]
-        assert await store.get(live.session_id) == StoredRecord.of(live)
-        assert await store.purge_tombstones(older_than=later) == 0
-        with pytest.raises(ConfigurationError):
-            await store.purge_tombstones(older_than=dt.datetime(2030, 1, 1))  # naive
+        assert raw is not None
+        assert set(raw) == {"_id", "revision", "deleted"}  # no expiry of its own
+        # purge removes only what is at most the given revision: a newer save survives.
+        await store.purge(sid, 9)
+        assert await store.get(sid) == StoredRecord.tombstone(sid, 10)
+        await store.purge(sid, 10)
+        assert await store.get(sid) is None
+        newer = make_session(revision=20)
+        await store.save(newer)
+        await store.purge(newer.session_id, 15)
+        assert await store.get(newer.session_id) == StoredRecord.of(newer)
 
 
 # -- _id order is UUID order -------------------------------------------------------------
@@ -468,7 +402,7 @@ async def test_id_order_equals_uuid_int_order_with_many_keys(
 
 
 async def test_scan_arguments_are_checked_before_io() -> None:
-    store = DocumentDBBackend(FailingCollection(), ensure_indexes=False)
+    store = DocumentDBBackend(FailingCollection())
     with pytest.raises(ConfigurationError):
         await store.scan(UUID_KEY_SPACE, limit=0)
     with pytest.raises(ConfigurationError):
@@ -492,7 +426,8 @@ async def test_a_duck_typed_collection_is_enough(
         assert await store.get(s.session_id) == StoredRecord.of(s)
         page = await store.scan(UUID_KEY_SPACE)
         assert len(page.records) == 2
-        assert await store.purge_tombstones() == 0
+        await store.purge(s.session_id, s.revision)
+        assert await store.get(s.session_id) is None
     assert repr(store).startswith("DocumentDBBackend(name='documentdb'")
 
 
@@ -657,7 +592,7 @@ async def test_too_large_document_is_rejected(backend: DocumentDBBackend) -> Non
 
 
 async def test_invalid_input_is_refused_before_any_io() -> None:
-    store = DocumentDBBackend(FailingCollection(), ensure_indexes=False)
+    store = DocumentDBBackend(FailingCollection())
     with pytest.raises(InvalidSessionError):
         await store.save(make_session(revision=0))
     with pytest.raises(InvalidSessionError):
@@ -687,7 +622,6 @@ def test_settings_defaults_and_repr_hide_the_password() -> None:
     settings = _settings()
     assert settings.collection == "sessions"
     assert settings.retry_writes is False and settings.read_preference == "primary"
-    assert settings.tombstone_ttl == 30 * 24 * 3600
     for text in (repr(settings), str(settings), settings.model_dump_json()):
         assert PASSWORD not in text
     with pytest.raises(Exception):  # noqa: B017, PT011 - frozen: pydantic's own error
@@ -732,7 +666,6 @@ async def test_an_invalid_uri_fails_the_open_without_the_password() -> None:
         {"collection": "system.sessions"},
         {"read_preference": "secondary_preferred"},
         {"server_selection_timeout_ms": 0},
-        {"tombstone_ttl": -1},
         {"unknown_option": True},
         {"uri": 12345},
     ],
@@ -754,7 +687,7 @@ async def test_connect_owns_its_client_with_the_documented_options() -> None:
         collection=fresh_collection_name(),
         server_selection_timeout_ms=5_000,
     )
-    store = DocumentDBBackend.connect(settings, ensure_indexes=False)
+    store = DocumentDBBackend.connect(settings)
     assert store.owns_client and store._client is None  # nothing connects before use
     try:
         s = make_session(revision=1)
@@ -824,11 +757,11 @@ async def test_unreachable_server_is_backend_unavailable() -> None:
     )
     store = DocumentDBBackend.connect(settings)
     with pytest.raises(BackendUnavailableError) as info:
-        await store.get(uuid.uuid4())  # opening creates the TTL index: no server
+        await store.get(uuid.uuid4())
     assert PASSWORD not in str(info.value) and info.value.store == "documentdb"
     assert isinstance(info.value.__cause__, ServerSelectionTimeoutError)
-    assert store._client is None  # the failed open closed its client
     await store.aclose()
+    assert store._client is None  # closing closed the client it owned
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -836,7 +769,7 @@ async def test_unreachable_server_is_backend_unavailable() -> None:
 async def test_unreachable_server_with_a_user_collection() -> None:
     client = new_client(f"mongodb://127.0.0.1:{_closed_port()}/", serverSelectionTimeoutMS=200)
     try:
-        store = DocumentDBBackend(client["db"]["sessions"], ensure_indexes=False, name="docdb")
+        store = DocumentDBBackend(client["db"]["sessions"], name="docdb")
         with pytest.raises(BackendUnavailableError) as info:
             await store.save(make_session(revision=1))
         assert str(info.value).startswith("[docdb] save:")

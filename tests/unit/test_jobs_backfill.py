@@ -89,12 +89,12 @@ async def test_resumed_run_skips_completed_units_and_ends_identical(
         calls = 0
         real_save = d.inner.save
 
-        async def save_then_die(session):  # type: ignore[no-untyped-def]
+        async def save_then_die(session, **options):  # type: ignore[no-untyped-def]
             nonlocal calls
             calls += 1
             if calls > 80:
                 raise BackendTimeoutError("down", store="documentdb")
-            await real_save(session)
+            return await real_save(session, **options)
 
         d.inner.save = save_then_die
         first = await job.run(units)
@@ -164,10 +164,10 @@ async def test_refused_records_fail_their_unit_but_not_the_job(stores) -> None: 
     victim = next(iter(c.inner.records()))
     real_save = d.inner.save
 
-    async def refuse_one(session):  # type: ignore[no-untyped-def]
+    async def refuse_one(session, **options):  # type: ignore[no-untyped-def]
         if session.session_id == victim:
             raise BackendRejectedError("document refused (DocumentTooLarge)", store="documentdb")
-        await real_save(session)
+        return await real_save(session, **options)
 
     d.inner.save = refuse_one
     report = await BackfillJob(c, d, retry=FAST).run(BackfillJob(c, d).plan(parts=4))

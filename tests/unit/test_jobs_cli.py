@@ -23,6 +23,7 @@ from sessionstore.cli.main import main
 from sessionstore.jobs import WorkUnit
 from sessionstore.jobs.settings import ConnectionSettings
 from sessionstore.phases import Store
+from sessionstore.revision import wall_clock_us
 from sessionstore.testing import FaultInjectingBackend, launchdarkly_test_client
 from tests.helpers import make_session
 
@@ -42,6 +43,8 @@ class Fakes:
         self.built: list[Store] = []
         self.insert_first: dict[Store, bool] = {}
         self.faults: dict[Store, type[Exception]] = {}
+        #: Saves that fail in the next command: a count, or None for every save.
+        self.failing_saves: dict[Store, int | None] = {}
 
     def factory(
         self, settings: ConnectionSettings, store: Store, *, insert_first: bool = False
@@ -51,13 +54,22 @@ class Fakes:
         backend = _Kept(self.data[store])
         if store in self.faults:
             backend.go_down(error=self.faults[store])  # type: ignore[arg-type]
+        if store in self.failing_saves:
+            count = self.failing_saves.pop(store)
+            if count is None:
+                backend.go_down(operation="save")
+            else:
+                backend.fail_next(count, operation="save")
         return backend
 
-    def seed(self, store: Store, n: int) -> list[uuid.UUID]:
+    def seed(self, store: Store, n: int, *, first_revision: int = 100) -> list[uuid.UUID]:
         async def go() -> list[uuid.UUID]:
             backend = self.data[store]
             await backend.__aenter__()
-            sessions = [make_session(revision=100 + i, metadata={"note": SECRET}) for i in range(n)]
+            sessions = [
+                make_session(revision=first_revision + i, metadata={"note": SECRET})
+                for i in range(n)
+            ]
             for s in sessions:
                 await backend.save(s)
             return [s.session_id for s in sessions]
@@ -263,21 +275,85 @@ def test_settings_errors_exit_two_without_echoing_secrets(
 def test_repair_command_drains_the_queue(
     fakes: Fakes, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    ids = fakes.seed(Store.CASSANDRA, 6)
+    # Secondary writes that failed a moment ago: recent revisions.
+    ids = fakes.seed(Store.CASSANDRA, 6, first_revision=wall_clock_us())
     path = tmp_path / "repairs.db"
+    _queue(path, ids)
+    assert main(["repair", "--queue", str(path), "--json"]) == 0
+    report = _json(capsys)
+    assert (report["copied"], report["queued_before"], report["drained"]) == (6, 6, True)
+    assert report["remaining"] == {"ready": 0, "waiting": 0, "dead": 0}
+    assert fakes.records(Store.DOCUMENTDB) == fakes.records(Store.CASSANDRA)
+    assert main(["repair", "--queue", str(tmp_path / "nope.db")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
-    async def queue_them() -> None:
+
+def test_repair_exit_code_tells_dead_letters_and_back_off_from_drained(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # An old session that only Cassandra holds: DocumentDB may have forgotten its
+    # deletion, so the worker must not copy it back. It is a dead letter, listed by id.
+    [old] = fakes.seed(Store.CASSANDRA, 1, first_revision=100)
+    path = tmp_path / "repairs.db"
+    _queue(path, [old])
+    assert main(["repair", "--queue", str(path), "--json"]) == 1
+    report = _json(capsys)
+    assert report["possibly_deleted"] == 1
+    assert report["dead_letters"] == [
+        {"session_id": str(old), "reason": "possibly_deleted", "attempts": 0}
+    ]
+    assert old not in fakes.records(Store.DOCUMENTDB)
+    assert main(["repair", "--queue", str(path), "--dead-letters"]) == 1
+    assert str(old) in capsys.readouterr().out
+    # A store that keeps failing: the session waits out a back-off: not drained (4).
+    [recent] = fakes.seed(Store.CASSANDRA, 1, first_revision=wall_clock_us())
+    _queue(path, [recent])
+    fakes.failing_saves[Store.DOCUMENTDB] = None
+    args = ["repair", "--queue", str(path), "--json", "--retry-delay", "30"]
+    assert main(args) == 1  # the dead letter still dominates
+    assert _json(capsys)["remaining"] == {"ready": 0, "waiting": 1, "dead": 1}
+    assert main(["repair", "--queue", str(path), "--requeue-dead", str(old), "--json"]) == 1
+    assert _json(capsys)["possibly_deleted"] == 1
+
+
+def test_repair_waits_out_a_back_off_with_wait(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    [sid] = fakes.seed(Store.CASSANDRA, 1, first_revision=wall_clock_us())
+    path = tmp_path / "repairs.db"
+    _queue(path, [sid])
+    fakes.failing_saves[Store.DOCUMENTDB] = 1
+    args = ["repair", "--queue", str(path), "--json", "--retry-delay", "0.5"]
+    assert main(args) == 4
+    report = _json(capsys)
+    assert (report["failed"], report["remaining"]["waiting"]) == (1, 1)
+    assert main([*args, "--wait", "10"]) == 0
+    assert _json(capsys)["copied"] == 1
+    assert fakes.records(Store.DOCUMENTDB) == fakes.records(Store.CASSANDRA)
+
+
+def test_repair_gives_up_after_max_attempts(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    [sid] = fakes.seed(Store.CASSANDRA, 1, first_revision=wall_clock_us())
+    path = tmp_path / "repairs.db"
+    _queue(path, [sid])
+    fakes.failing_saves[Store.DOCUMENTDB] = None
+    args = ["repair", "--queue", str(path), "--json", "--retry-delay", "0.01"]
+    assert main([*args, "--max-attempts", "3", "--wait", "10"]) == 1
+    report = _json(capsys)
+    assert report["failed"] == 2
+    assert report["gave_up"] == 1
+    assert report["dead_letters"][0]["reason"] == "gave_up:BackendUnavailableError"
+
+
+def _queue(path: Path, ids: list[uuid.UUID]) -> None:
+    async def go() -> None:
         async with SqliteRepairQueue(path) as queue:
             for sid in ids:
                 await queue.enqueue(sid, "secondary_write_failed")
 
-    asyncio.run(queue_them())
-    assert main(["repair", "--queue", str(path), "--json"]) == 0
-    report = _json(capsys)
-    assert (report["copied"], report["remaining"], report["queued_before"]) == (6, 0, 6)
-    assert fakes.records(Store.DOCUMENTDB) == fakes.records(Store.CASSANDRA)
-    assert main(["repair", "--queue", str(tmp_path / "nope.db")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    asyncio.run(go())
 
 
 def test_phase_table_and_session_phases(

@@ -11,8 +11,10 @@ import pytest
 from sessionstore import (
     BackendUnavailableError,
     ConfigurationError,
+    ConflictError,
     InMemoryBackend,
     InMemoryRepairQueue,
+    InvalidRevisionError,
     Phase,
     RepositoryClosedError,
     SessionRepository,
@@ -171,8 +173,8 @@ async def test_revisions_increase_and_outrank_the_replaced_revision() -> None:
         first = await repo.save(s)
         second = await repo.save(first)
         assert second.revision > first.revision > 0
-        # A copy written by a writer whose clock runs far ahead.
-        ahead = first.model_copy(update={"revision": second.revision + 10**12})
+        # A copy written by a writer whose clock runs 30 s ahead (within the max skew).
+        ahead = first.model_copy(update={"revision": second.revision + 30_000_000})
         await stores.cassandra.inner.save(ahead)
         await stores.documentdb.inner.save(ahead)
         read = await repo.get(s.session_id)
@@ -183,6 +185,24 @@ async def test_revisions_increase_and_outrank_the_replaced_revision() -> None:
         tomb = await repo.delete(s.session_id, revision=third.revision)
         assert tomb > third.revision
         assert await repo.get(s.session_id) is None
+
+
+async def test_a_revision_from_the_far_future_is_never_taken_over() -> None:
+    # A store poisoned by a forged revision (2**62): reading it does not carry the clock
+    # away, saving the read copy is refused, and a fresh save is a visible conflict.
+    repo, stores = memory_repository(Phase.DUAL_WRITE)
+    async with repo:
+        poisoned = make_session(revision=2**62)
+        await stores.cassandra.inner.save(poisoned)
+        read = await repo.get(poisoned.session_id)
+        assert read == poisoned
+        with pytest.raises(InvalidRevisionError):
+            await repo.save(read)
+        with pytest.raises(ConflictError) as info:
+            await repo.save(read.model_copy(update={"revision": 0}))
+        assert info.value.current_revision == 2**62
+        other = await repo.save(make_session())  # the clock itself is unharmed
+        assert other.revision < 2**62
 
 
 async def test_lifecycle_is_guarded() -> None:

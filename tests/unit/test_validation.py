@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sessionstore import (
     MAX_ENCODED_SIZE,
     Attachment,
-    ConfigurationError,
+    InvalidRevisionError,
     InvalidSessionError,
     Phase,
     SessionTooLargeError,
@@ -133,8 +133,14 @@ async def test_repository_rejects_before_touching_any_store(
                 await repo.get(bad_id)  # type: ignore[arg-type]
             with pytest.raises(InvalidSessionError):
                 await repo.delete(bad_id)  # type: ignore[arg-type]
-        with pytest.raises(ConfigurationError):
-            await repo.delete(uuid.uuid4(), revision=-5)
+        far = 2**62  # far beyond the clock's max skew: would pin the key forever
+        for bad_revision in (-5, True, 2**63, far):
+            with pytest.raises(InvalidRevisionError):
+                await repo.delete(uuid.uuid4(), revision=bad_revision)
+            with pytest.raises(InvalidRevisionError):
+                await repo.delete(uuid.uuid4(), expected_revision=bad_revision)
+        with pytest.raises(InvalidRevisionError):
+            await repo.save(make_session().model_copy(update={"revision": far}))
     assert stores.calls == []
     assert stores.cassandra.inner.records() == {} == stores.documentdb.inner.records()
 
