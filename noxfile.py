@@ -53,7 +53,7 @@ def unit(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite, with the real Cassandra and FerretDB started and stopped here."""
+    """The whole test suite, with the real Cassandra, FerretDB and ElasticMQ started and stopped."""
     session.install("-e", ".[all,test]")
     session.run("python", SERVERS, "up", external=True)
     try:
