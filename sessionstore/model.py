@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Annotated, Any, Self
 
+import pydantic_core
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -41,11 +42,22 @@ __all__ = [
     "validate_session_id",
 ]
 
-#: Both DocumentDB's document limit and Cassandra's default mutation limit are 16 MiB.
+#: The most bytes a session may take in any store's encoding: 16 MiB, the default limit
+#: of every store. DocumentDB takes BSON documents of up to 16 MiB; Cassandra refuses a
+#: mutation above ``max_mutation_size`` (half of ``commitlog_segment_size``, 32 MiB by
+#: default) and a CQL request above ``native_transport_max_message_size``, both 16 MiB by
+#: default. :func:`encoded_size` bounds all three, so each store accepts what it allows.
 MAX_ENCODED_SIZE = 16 * 1024 * 1024
 
-# Per-element allowance used by encoded_size: BSON spends a type byte, a NUL-terminated
-# key and a length prefix per element; CQL a cell header. 64 bytes is above either.
+# What encoded_size adds for the fields every session has and for each store's framing,
+# above the largest of: the BSON document's fixed fields (about 200 bytes), the CQL
+# request's frame, statement ids and value lengths (about 110) and what a Cassandra
+# mutation adds to the values (table id, key, row and cell headers: 162-168 bytes,
+# measured on Cassandra 5.0, which names the size of a mutation it refuses).
+_FIXED_OVERHEAD = 1024
+# Per element: BSON spends a type byte, a NUL-terminated key and a length prefix; CQL a
+# length prefix; the answers' JSON (Cassandra) its keys and punctuation. 64 bytes is
+# above either; an answer gets three, for its fields and timestamp.
 _ELEMENT_OVERHEAD = 64
 
 
@@ -289,21 +301,42 @@ def validate_session_id(value: object) -> uuid.UUID:
 
 
 def encoded_size(session: StudentSession) -> int:
-    """Upper bound of the session's encoded size in either store, in bytes.
+    """Upper bound of the valid session's size in every store's encoding, in bytes.
 
-    Counts every string as UTF-8 and every attachment's bytes, plus a fixed allowance per
-    element that is above what BSON or CQL spends on framing.
+    Each store sees every text and attachment once: the BSON document and the Cassandra
+    row hold text as UTF-8, except that the row keeps the answers as JSON, in which a
+    control character takes six bytes (``\\u0001``) and a quote or backslash two. So
+    the answers' text is counted as JSON, the rest as UTF-8, attachments by their bytes,
+    plus a fixed allowance above either store's framing (see ``MAX_ENCODED_SIZE``).
+
+    >>> def session(response: str) -> StudentSession:
+    ...     answer = Answer(question_id="q", response=response)
+    ...     return StudentSession.create(student_id="s", assessment_id="a", answers=(answer,))
+    >>> encoded_size(session("\\x01\\x01")) - encoded_size(session("ab"))  # JSON: "\\u0001\\u0001"
+    10
     """
-    size = 256
-    for text in (session.student_id, session.assessment_id):
-        size += len(text.encode()) + _ELEMENT_OVERHEAD
+    size = _FIXED_OVERHEAD + _utf8_size(session.student_id) + _utf8_size(session.assessment_id)
     for key, val in session.metadata.items():
-        size += len(key.encode()) + len(val.encode()) + _ELEMENT_OVERHEAD
+        size += _utf8_size(key) + _utf8_size(val) + _ELEMENT_OVERHEAD
+    in_json: list[str] = []  # the answers' text, which Cassandra stores as JSON
     for answer in session.answers:
-        size += len(answer.question_id.encode()) + len(answer.response.encode())
+        in_json += (answer.question_id, answer.response)
         size += 3 * _ELEMENT_OVERHEAD
         for att in answer.attachments:
-            size += len(att.data) + len(att.content_type.encode()) + 3 * _ELEMENT_OVERHEAD
-            if att.filename:
-                size += len(att.filename.encode())
-    return size
+            size += len(att.data) + 3 * _ELEMENT_OVERHEAD
+            in_json.append(att.content_type)
+            if att.filename is not None:
+                in_json.append(att.filename)
+    return size + _json_size(in_json)
+
+
+def _utf8_size(text: str) -> int:
+    # isascii() is O(1) for CPython's compact strings: no copy for the common case.
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _json_size(texts: list[str]) -> int:
+    # Exactly what the Cassandra codec writes for these strings, quotes included: the same
+    # serializer, in one call (one per string cost as much as the rest of encoded_size),
+    # so one pass over the text, about 1 ms per MB. Less the array's brackets and commas.
+    return len(pydantic_core.to_json(texts)) - 2 - max(len(texts) - 1, 0)

@@ -64,10 +64,13 @@ DATA_COLUMNS: tuple[str, ...] = (
 INSERT_COLUMNS: tuple[str, ...] = ("session_id", *DATA_COLUMNS, "revision", "deleted")
 
 # WRITETIME of every data column, aliased so that every row factory sees plain names.
-# A historical row written before the revision column existed takes the newest of them
-# as its revision: Cassandra resolves conflicts per cell, so a later save must be newer
-# than *every* cell to replace the whole row (a row may have been updated column by
-# column), not only newer than one of them.
+# A record's revision is the newest of them and of the revision cell. The library writes
+# every cell at its revision, so they agree, except where something else wrote since: a
+# column updated by another service (later, with the server's timestamp or its own),
+# which makes the stored session newer than the revision cell says, or a historical row
+# written before the revision column existed. The newest, not one column's: Cassandra
+# resolves conflicts per cell, so a later save must be newer than *every* cell to replace
+# the whole row, and a copy elsewhere must know that the row changed.
 _WRITETIME_ALIASES: tuple[str, ...] = tuple(f"wt_{c}" for c in DATA_COLUMNS)
 
 #: ``(expression, name)`` pairs of the SELECT list that :func:`from_row` decodes.
@@ -254,21 +257,22 @@ def _decode_answers(text: Any, blobs: Any) -> tuple[Any, ...]:
 
 
 def _revision(row: Mapping[str, Any]) -> int:
-    revision = row.get("revision")
-    if revision is None:
-        # Historical row, written before revisions existed: the newest cell wins.
-        writetimes = [row.get(alias) for alias in _WRITETIME_ALIASES]
-        revision = max((w for w in writetimes if w is not None), default=None)
-    if not isinstance(revision, int) or revision <= 0:
+    # The newest of the revision cell and the data cells' WRITETIMEs (null for null cells).
+    stamps = [row.get("revision"), *(row.get(alias) for alias in _WRITETIME_ALIASES)]
+    if not all(s is None or isinstance(s, int) for s in stamps):
         raise RowDecodeError(("revision",))
-    return revision
+    revision = max((s for s in stamps if s is not None), default=0)
+    if revision <= 0:
+        raise RowDecodeError(("revision",))
+    return int(revision)
 
 
 def from_row(row: Any) -> StudentSession:
     """Decode a live row (a mapping, or a sequence in :data:`SELECT_COLUMNS` order).
 
-    A null ``revision`` (a historical row) is replaced by the newest WRITETIME of the
-    data columns. Null collections decode as empty ones.
+    The revision is the newest of the ``revision`` cell (null in a historical row) and the
+    WRITETIMEs of the data columns, so a column updated by another writer after the
+    library's save makes the record that much newer. Null collections decode as empty ones.
     """
     values = _as_mapping(row)
     revision = _revision(values)
@@ -303,7 +307,11 @@ def from_row(row: Any) -> StudentSession:
 
 
 def record_from_row(row: Any) -> StoredRecord:
-    """Decode a row into a live record or, when ``deleted`` is true, a tombstone."""
+    """Decode a row into a live record or, when ``deleted`` is true, a tombstone.
+
+    Either way the revision is the newest of the ``revision`` cell and the data columns'
+    WRITETIMEs (see :func:`from_row`).
+    """
     values = _as_mapping(row)
     if values.get("deleted"):
         session_id = values.get("session_id")

@@ -6,8 +6,10 @@ is written to the target *with its own revision*, through the target's revision 
 a session with :meth:`~sessionstore.SessionBackend.save`, a tombstone with
 :meth:`~sessionstore.SessionBackend.delete`. A copy therefore never overwrites a newer
 session that dual-writes already put in the target, and a re-run (or a unit run twice
-after a crash) changes nothing. Historical Cassandra rows without a revision carry
-their newest ``WRITETIME`` (see docs/cassandra.md), older than any dual-written write.
+after a crash) changes nothing. A Cassandra record's revision is the newest of its
+revision cell and its columns' ``WRITETIME`` (see docs/cassandra.md): a historical row
+without a revision is older than any dual-written write, and a column updated by
+another service after the library's save is copied as the newer write it is.
 
 The source is read page by page (``page_size`` records), one page per unit in flight,
 so memory stays flat whatever the table size: about ``concurrency * page_size``
