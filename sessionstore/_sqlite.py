@@ -63,8 +63,16 @@ class SqliteFile(LifecycleMixin):
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            await asyncio.to_thread(conn.close)
+        if conn is None:
+            return
+
+        def close() -> None:
+            # Under the lock: a call whose task was cancelled (Ctrl-C, SIGTERM) may still
+            # run in its thread, and closing a connection in use crashes the process.
+            with self._lock:
+                conn.close()
+
+        await asyncio.to_thread(close)
 
     async def _run(self, fn: Callable[[], _T], *, opening: bool = False) -> _T:
         """Run ``fn`` in a worker thread, alone; ``opening`` skips the open check."""

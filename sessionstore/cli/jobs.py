@@ -1,22 +1,22 @@
 """``sessionstore backfill`` and ``sessionstore verify``: the resumable whole-table jobs.
 
 Every input is checked before any store is written: the id file, ranges, shard, job
-name and checkpoint, the connection settings, then a read-only probe of both stores
-(reachability, credentials, schema) and a check that the source is not empty (a
-mistyped keyspace or database). Only then does the job start.
+name and checkpoint (a new job, or the one to resume: :mod:`sessionstore.cli.runs`),
+the connection settings, then a read-only probe of both stores (reachability,
+credentials, schema) and a check that the source is not empty (a mistyped keyspace or
+database). Only then does the job start.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import sys
-import uuid
 from typing import Any
 
 from sessionstore.backends.base import SessionBackend
 from sessionstore.cli import _common as common
+from sessionstore.cli import runs
 from sessionstore.cli._common import CommandError
 from sessionstore.cli.progress import ProgressBar
 from sessionstore.jobs.backfill import BackfillJob
@@ -28,7 +28,6 @@ from sessionstore.jobs.units import (
     STORE_KEY_SPACES,
     JobAction,
     WorkUnit,
-    check_job_name,
     parse_range,
     parse_shard,
     plan_fingerprint,
@@ -103,18 +102,37 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
         metavar="START:END",
         help="only this key range of the source (repeatable; write --range=-5:9)",
     )
-    what.add_argument("--parts", type=common.positive_int, default=256, help="units per range")
+    what.add_argument(
+        "--parts",
+        type=common.positive_int,
+        default=runs.DEFAULT_PARTS,
+        help=f"units per range ({runs.DEFAULT_PARTS})",
+    )
     what.add_argument("--batch", type=common.positive_int, default=500, help="ids per unit")
-    what.add_argument("--shard", metavar="i/N", help="run only shard i of N (0-based)")
-    run = parser.add_argument_group("checkpoints and throttling")
-    run.add_argument("--job", metavar="NAME", help="job name that checkpoints are kept under")
+    what.add_argument("--shard", metavar="i/N", help="run only shard i of N (0-based; needs --job)")
+    run = parser.add_argument_group("jobs, checkpoints and throttling")
+    run.add_argument(
+        "--job",
+        metavar="NAME",
+        help="name of the new job (default: the plan and the start time); "
+        "with --resume, the job to continue",
+    )
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="continue the job NAME, or the newest unfinished job of the same plan",
+    )
     run.add_argument(
         "--checkpoint",
         metavar="FILE",
         default=str(common.env_path("SESSIONSTORE_CHECKPOINT_FILE", DEFAULT_CHECKPOINT)),
         help=f"SQLite checkpoint file ({DEFAULT_CHECKPOINT})",
     )
-    run.add_argument("--restart", action="store_true", help="forget the job's checkpoints")
+    run.add_argument(
+        "--restart", action="store_true", help="forget the --job's progress and run it again"
+    )
     run.add_argument("--concurrency", type=common.positive_int, default=4, help="units at once")
     run.add_argument(
         "--rate", type=common.positive_float, metavar="N", help="sessions/s ceiling (none)"
@@ -151,25 +169,9 @@ def command(args: argparse.Namespace) -> int:
     common.setup_logging(args.verbose)
     hint = (
         f"completed units are checkpointed in {args.checkpoint}; "
-        "run the same command again to resume"
+        "add --resume to the same command to continue"
     )
     return common.run(_run(args), interrupted_hint=hint)
-
-
-def _default_job_name(args: argparse.Namespace, action: JobAction, ids: list[Any] | None) -> str:
-    source: Store = args.source
-    if action is JobAction.VERIFY:
-        # A fresh name per run (a verify is re-run to check again); --job resumes one.
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        return f"verify-{source}-vs-{source.other}-{stamp}-{uuid.uuid4().hex[:6]}"
-    name = f"backfill-{source}-to-{source.other}"
-    if ids:
-        digest = hashlib.sha256(b"".join(i.bytes for i in ids)).hexdigest()[:8]
-        name += f"-ids-{digest}"
-    elif args.ranges:
-        digest = hashlib.sha256(" ".join(args.ranges).encode()).hexdigest()[:8]
-        name += f"-ranges-{digest}"
-    return name
 
 
 def _static_plan(
@@ -244,19 +246,15 @@ async def _run(args: argparse.Namespace) -> int:
     action = JobAction(args.command)
     source_store: Store = args.source
     target_store = source_store.other
-    if args.target is not None and args.target is not target_store:
-        raise CommandError(common.EXIT_USAGE, "--target must be the other store than --source")
-    if action is JobAction.VERIFY and args.sample <= 0:
-        raise CommandError(common.EXIT_USAGE, "--sample must be above 0")
     # Inputs first: nothing below this block runs on bad input.
+    _check_options(args, action)
     ids = read_id_file(args.ids) if args.ids else None
     shard_spec = parse_shard(args.shard) if args.shard else None
-    name = check_job_name(args.job or _default_job_name(args, action, ids))
+    named = runs.check_run_flags(args)
+    name = named or runs.new_job_name(args, action, ids)
     static_plan = _static_plan(args, action, name, ids)  # validates --range, --parts
     if args.print_units:
-        units = shard(static_plan, *shard_spec) if shard_spec else static_plan
-        for unit in units:
-            print(unit.to_json())
+        _print_units(shard(static_plan, *shard_spec) if shard_spec else static_plan)
         return common.EXIT_OK
 
     settings = common.connection_settings(args)
@@ -267,48 +265,50 @@ async def _run(args: argparse.Namespace) -> int:
         checkpoints = SqliteCheckpointStore(args.checkpoint)
         enabled = not args.no_progress and sys.stderr.isatty()
         bar = ProgressBar(f"{action} {source_store}->{target_store}", enabled=enabled)
-        job = _build_job(
-            args=args,
-            action=action,
-            name=name,
-            source=source,
-            target=target,
-            checkpoints=checkpoints,
-            progress=bar,
-        )
-        plan = (
-            job.plan_ids(ids, batch=args.batch)
-            if ids
-            else job.plan(
-                parts=args.parts,
-                ranges=[parse_range(t) for t in args.ranges] if args.ranges else None,
-            )
-        )
-        fingerprint = plan_fingerprint(plan)
-        units = shard(plan, *shard_spec) if shard_spec else plan
-        async with checkpoints:
-            known = await checkpoints.job_fingerprint(name)
-            if known is not None and known != fingerprint and not args.restart:
-                raise CommandError(
-                    common.EXIT_USAGE,
-                    f"job {name!r} in {args.checkpoint} was planned with other input; resume "
-                    "it with the same arguments, add --restart, or choose another --job",
-                )
-            _header(
+
+        def planned(job_name: str) -> tuple[BackfillJob | VerifyJob, list[WorkUnit]]:
+            """The job and its whole plan (a shard runs part of it)."""
+            job = _build_job(
                 args=args,
                 action=action,
-                name=name,
-                settings=settings,
-                planned=len(plan),
-                running=len(units),
+                name=job_name,
+                source=source,
+                target=target,
+                checkpoints=checkpoints,
+                progress=bar,
             )
-            await common.probe(source, "source", settings.describe(source_store))
-            await common.probe(target, "target", settings.describe(target_store))
-            await _check_source_not_empty(args, source, settings.describe(source_store))
+            return job, _plan(args, job, ids)
+
+        job, plan = planned(name)
+        fingerprint = plan_fingerprint(plan)  # of the plan, whatever the job's name
+        units = shard(plan, *shard_spec) if shard_spec else plan
+        async with checkpoints:
+            choice = await runs.choose_job(
+                args,
+                checkpoints,
+                name=name,
+                named=named is not None,
+                fingerprint=fingerprint,
+                planned=len(plan),
+                unit_ids=[u.unit_id for u in units],
+            )
+            if choice.name != name:  # the job to resume: the same plan under its name
+                job, plan = planned(choice.name)
+                units = shard(plan, *shard_spec) if shard_spec else plan
+            nothing_to_do = choice.resumed and choice.done == len(units)
+            _header(args=args, action=action, choice=choice, settings=settings, units=units)
+            if nothing_to_do:
+                common.info(
+                    f"job {choice.name!r} is already complete: all its units are done, "
+                    "nothing is copied or compared again"
+                )
+            if not nothing_to_do:
+                await _check_stores(args, source, target, settings)
             if args.dry_run:
                 common.info("dry run: inputs and stores are fine; nothing was written")
                 return common.EXIT_OK
             try:
+                # A complete job's run touches no store: it reads its totals back.
                 report = await job.run(units, fingerprint=fingerprint, restart=args.restart)
             finally:
                 bar.close()
@@ -319,27 +319,63 @@ async def _run(args: argparse.Namespace) -> int:
     return common.EXIT_OK if report.ok(strict=strict) else common.EXIT_FAILED
 
 
+def _check_options(args: argparse.Namespace, action: JobAction) -> None:
+    if args.target is not None and args.target is not args.source.other:
+        raise CommandError(common.EXIT_USAGE, "--target must be the other store than --source")
+    if action is JobAction.VERIFY and args.sample <= 0:
+        raise CommandError(common.EXIT_USAGE, "--sample must be above 0")
+
+
+def _print_units(units: list[WorkUnit]) -> None:
+    for unit in units:
+        print(unit.to_json())
+
+
+def _plan(
+    args: argparse.Namespace, job: BackfillJob | VerifyJob, ids: list[Any] | None
+) -> list[WorkUnit]:
+    if ids:
+        return job.plan_ids(ids, batch=args.batch)
+    ranges = [parse_range(t) for t in args.ranges] if args.ranges else None
+    return job.plan(parts=args.parts, ranges=ranges)
+
+
 def _header(
     *,
     args: argparse.Namespace,
     action: JobAction,
-    name: str,
+    choice: runs.JobChoice,
     settings: ConnectionSettings,
-    planned: int,
-    running: int,
+    units: list[WorkUnit],
 ) -> None:
-    shard_note = f", shard {args.shard}: {running} units" if args.shard else ""
+    shard_note = f" (shard {args.shard})" if args.shard else ""
+    what = f"new job {choice.name!r}: {len(units)} units{shard_note}"
+    if choice.resumed:
+        what = (
+            f"resuming job {choice.name!r}, begun {_when(choice.started_at)}: "
+            f"{choice.done} of {len(units)} units{shard_note} done"
+        )
     common.info(
-        f"{action} {args.source} -> {args.source.other}: job {name!r}, {planned} units"
-        f"{shard_note}, checkpoints in {args.checkpoint}"
+        f"{action} {args.source} -> {args.source.other}: {what}, checkpoints in {args.checkpoint}"
     )
     common.info(f"  source: {settings.describe(args.source)}")
     common.info(f"  target: {settings.describe(args.source.other)}")
 
 
-async def _check_source_not_empty(
-    args: argparse.Namespace, source: SessionBackend, where: str
+def _when(moment: dt.datetime | None) -> str:
+    return "at an unknown time" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+async def _check_stores(
+    args: argparse.Namespace,
+    source: SessionBackend,
+    target: SessionBackend,
+    settings: ConnectionSettings,
 ) -> None:
+    """Open both stores read-only (reachable, credentials, schema); the source not empty."""
+    where = settings.describe(args.source)
+    await common.probe(source, "source", where)
+    await common.probe(target, "target", settings.describe(args.source.other))
     if args.allow_empty_source:
         return
     page = await source.scan(source.key_space, limit=1)
@@ -362,21 +398,24 @@ def _output(args: argparse.Namespace, report: JobReport, settings: ConnectionSet
 
 
 def format_report(report: JobReport) -> str:
-    """The readable summary table of a backfill or verify report."""
-    c = report.counts
+    """The readable summary of a backfill or verify report: this run, and the job's totals."""
     lines = [
         f"{report.action} {report.source} -> {report.target}, job {report.job!r}",
+        _run_line(report),
         f"units: {report.units_planned} planned, {report.units_run} run now, "
         f"{report.units_skipped} already done, {len(report.failed_units)} failed, "
         f"{report.units_not_run} not run",
     ]
-    rows: list[tuple[str, int | str]]
+    if report.resumed and report.complete and report.units_run == 0:
+        verb = "copied" if report.action is JobAction.BACKFILL else "compared"
+        lines.append(f"nothing to do: every unit was already done; this run {verb} nothing")
+    counted: list[tuple[str, str]]
     if report.action is JobAction.BACKFILL:
-        rows = [
-            ("sessions copied", c["sessions"]),
-            ("tombstones copied", c["tombstones"]),
-            ("ids absent from the source", c["absent"]),
-            ("records read", c["records"]),
+        counted = [
+            ("sessions copied", "sessions"),
+            ("tombstones copied", "tombstones"),
+            ("ids absent from the source", "absent"),
+            ("records read", "records"),
         ]
     else:
         options = report.options
@@ -385,33 +424,34 @@ def format_report(report: JobReport) -> str:
             f"{'on' if options.get('repair') else 'off'}, target scanned for extra keys: "
             f"{'yes' if options.get('scan_target') else 'no'}"
         )
-        rows = [
-            ("sessions compared", c["checked"]),
-            ("missing in target", c["missing"]),
-            ("stale in target", c["stale"]),
-            ("newer in target (expected while dual-writing)", c["newer"]),
-            ("  of which only in target", c["only_in_target"]),
-            ("same revision, different content", c["content_mismatch"]),
-            ("deleted in one store only", c["deleted_in_one"]),
+        counted = [
+            ("sessions compared", "checked"),
+            ("missing in target", "missing"),
+            ("stale in target", "stale"),
+            ("newer in target (expected while dual-writing)", "newer"),
+            ("  of which only in target", "only_in_target"),
+            ("same revision, different content", "content_mismatch"),
+            ("deleted in one store only", "deleted_in_one"),
         ]
         if options.get("repair"):
-            rows += [
-                ("repaired", c["repaired"]),
-                ("fixed meanwhile by other writes", c["resolved"]),
-                ("repair refused by a store", c["repair_failed"]),
+            counted += [
+                ("repaired", "repaired"),
+                ("fixed meanwhile by other writes", "resolved"),
+                ("repair refused by a store", "repair_failed"),
             ]
     rate = f"{report.elapsed_seconds:.1f} s ({report.sessions_per_second:,.0f} sessions/s)"
-    rows += [
+    texts = [
         ("elapsed this run", rate),
         ("retried requests", f"{report.retries} (rate lowered {report.back_offs} times)"),
     ]
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        text = f"{value:,}" if isinstance(value, int) else value
-        lines.append(f"{label:<{width}}  {text:>12}")
+    width = max(len(label) for label, _ in counted + texts)
+    lines.append(f"{'':<{width}}  {'this run':>12}  {'job total':>12}")
+    for label, key in counted:
+        lines.append(f"{label:<{width}}  {report.run_counts[key]:>12,}  {report.counts[key]:>12,}")
+    lines += [f"{label:<{width}}  {text:>26}" for label, text in texts]
     if report.action is JobAction.VERIFY and report.fields:
         fields = ", ".join(f"{f} ({n:,})" for f, n in report.fields.most_common())
-        lines.append(f"differing fields: {fields}")
+        lines.append(f"differing fields (job total): {fields}")
     for unit_id, reason in sorted(report.failed_units.items())[:10]:
         lines.append(f"failed unit {unit_id}: {reason}")
     if len(report.failed_units) > 10:
@@ -422,12 +462,19 @@ def format_report(report: JobReport) -> str:
     return "\n".join(lines)
 
 
+def _run_line(report: JobReport) -> str:
+    this_run = f"this run started {_when(report.started_at)}"
+    if report.resumed:
+        return f"resumed job, begun {_when(report.job_started_at)}; {this_run}"
+    return f"new job; {this_run}"
+
+
 def _verdict(report: JobReport) -> str:
     strict = bool(report.options.get("strict"))
     if report.ok(strict=strict):
         return "OK"
     if not report.complete:
-        return "INCOMPLETE: run the same command again to resume"
+        return f"INCOMPLETE: add --resume {report.job} to the same command to continue"
     if report.action is JobAction.VERIFY:
         remaining = report.unresolved + (report.counts["newer"] if strict else 0)
         return f"DIFFERENCES: {remaining:,} not resolved"

@@ -18,6 +18,7 @@ from sessionstore.jobs.backfill import BackfillJob, RecordsRejectedError
 from sessionstore.jobs.checkpoint import (
     CheckpointError,
     CheckpointStore,
+    JobRecord,
     MemoryCheckpointStore,
     SqliteCheckpointStore,
     UnitRecord,
@@ -56,6 +57,7 @@ __all__ = [
     "ConnectionSettings",
     "JobAction",
     "JobProgress",
+    "JobRecord",
     "JobReport",
     "MemoryCheckpointStore",
     "PageBudget",

@@ -7,7 +7,9 @@ one not. Several processes (``--shard i/N``) may share one file.
 
 A job name is bound to the fingerprint of its plan: resuming with a different plan
 (other ranges, another id file, other options) is refused rather than silently mixing
-two plans' progress.
+two plans' progress. :meth:`~CheckpointStore.jobs` lists the jobs of one plan, newest
+first, with how many of their units are done: the command line finds the run to
+resume with it.
 
 Example::
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime as dt
 import enum
 import json
 import sqlite3
@@ -35,6 +38,7 @@ from sessionstore.backends.base import LifecycleMixin
 __all__ = [
     "CheckpointError",
     "CheckpointStore",
+    "JobRecord",
     "MemoryCheckpointStore",
     "SqliteCheckpointStore",
     "UnitRecord",
@@ -86,6 +90,21 @@ class UnitRecord:
     error: str | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What the checkpoint holds for one job: its plan, when it was begun, units done.
+
+    ``started_at`` (UTC) is when the job was first begun, or begun again by a restart;
+    whether the job is complete is ``units_done`` against the size of its plan, which
+    only the planner knows.
+    """
+
+    job: str
+    fingerprint: str
+    started_at: dt.datetime
+    units_done: int
+
+
 @runtime_checkable
 class CheckpointStore(Protocol):
     """Where a job records unit progress. Implementations: SQLite file, memory."""
@@ -96,6 +115,14 @@ class CheckpointStore(Protocol):
 
     async def job_fingerprint(self, job: str) -> str | None:
         """The plan fingerprint ``job`` was begun with, or None if it is unknown."""
+        ...
+
+    async def job(self, job: str) -> JobRecord | None:
+        """What the checkpoint holds for ``job``, or None if it is unknown."""
+        ...
+
+    async def jobs(self, *, fingerprint: str | None = None) -> list[JobRecord]:
+        """Every job (or those of the plan ``fingerprint``), the newest first."""
         ...
 
     async def unit_started(self, job: str, unit_id: str) -> None:
@@ -152,7 +179,7 @@ class MemoryCheckpointStore(LifecycleMixin):
     _lifecycle_name = "checkpoint store"
 
     def __init__(self) -> None:
-        self._jobs: dict[str, str] = {}
+        self._jobs: dict[str, tuple[str, float]] = {}  # job -> (fingerprint, begun at)
         self._units: dict[tuple[str, str], UnitRecord] = {}
 
     async def begin_job(self, job: str, fingerprint: str, *, restart: bool = False) -> None:
@@ -160,14 +187,33 @@ class MemoryCheckpointStore(LifecycleMixin):
         await self._ensure_open()
         if restart:
             self._units = {k: v for k, v in self._units.items() if k[0] != job}
-        elif self._jobs.get(job, fingerprint) != fingerprint:
+            self._jobs.pop(job, None)
+        known = self._jobs.setdefault(job, (fingerprint, time.time()))
+        if known[0] != fingerprint:
             raise _mismatch(job)
-        self._jobs[job] = fingerprint
 
     async def job_fingerprint(self, job: str) -> str | None:
         """The job's plan fingerprint, or None."""
+        found = await self.job(job)
+        return None if found is None else found.fingerprint
+
+    async def job(self, job: str) -> JobRecord | None:
+        """The job's record, or None."""
+        found = [j for j in await self.jobs() if j.job == job]
+        return found[0] if found else None
+
+    async def jobs(self, *, fingerprint: str | None = None) -> list[JobRecord]:
+        """Every job (or those of one plan), the newest first."""
         await self._ensure_open()
-        return self._jobs.get(job)
+        done = collections.Counter(
+            j for (j, _), r in self._units.items() if r.state is UnitState.DONE
+        )
+        found = [
+            JobRecord(job, fp, _utc(began), done[job])
+            for job, (fp, began) in self._jobs.items()
+            if fingerprint in (None, fp)
+        ]
+        return sorted(found, key=lambda j: (j.started_at, j.job), reverse=True)
 
     def _get(self, job: str, unit_id: str) -> UnitRecord:
         return self._units.get((job, unit_id)) or UnitRecord(unit_id, UnitState.RUNNING, 0, {}, {})
@@ -252,6 +298,30 @@ class SqliteCheckpointStore(SqliteFile):
 
         return await self._run(read)
 
+    async def job(self, job: str) -> JobRecord | None:
+        """The job's record, or None (reads only)."""
+        found = await self._select_jobs(job=job)
+        return found[0] if found else None
+
+    async def jobs(self, *, fingerprint: str | None = None) -> list[JobRecord]:
+        """Every job (or those of one plan), the newest first (reads only)."""
+        return await self._select_jobs(fingerprint=fingerprint)
+
+    async def _select_jobs(
+        self, *, job: str | None = None, fingerprint: str | None = None
+    ) -> list[JobRecord]:
+        def read() -> list[JobRecord]:
+            rows = self._db().execute(
+                "SELECT j.job, j.fingerprint, j.created_at, COALESCE(SUM(u.state = 'done'), 0) "
+                "FROM jobs AS j LEFT JOIN units AS u ON u.job = j.job "
+                "WHERE (?1 IS NULL OR j.job = ?1) AND (?2 IS NULL OR j.fingerprint = ?2) "
+                "GROUP BY j.job ORDER BY j.created_at DESC, j.job DESC",
+                (job, fingerprint),
+            )
+            return [JobRecord(r[0], r[1], _utc(r[2]), int(r[3])) for r in rows]
+
+        return await self._run(read)
+
     async def unit_started(self, job: str, unit_id: str) -> None:
         """Count a start, durably."""
 
@@ -317,6 +387,10 @@ class SqliteCheckpointStore(SqliteFile):
             }
 
         return await self._run(read)
+
+
+def _utc(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
 def _load(text: str) -> dict[str, int]:

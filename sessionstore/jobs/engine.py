@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import datetime as dt
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -77,10 +78,15 @@ class JobProgress(Protocol):
 
 @dataclasses.dataclass
 class JobReport:
-    """The outcome of a run; totals cover every done unit of the plan, earlier runs too.
+    """The outcome of one run of a job: what this run did, and the job's totals.
 
-    ``run_counts`` covers this run only (for its rate); a resumed run therefore reports
-    the same ``counts`` as one uninterrupted run over unchanged data.
+    ``units_run``, ``failed_units``, ``run_counts``, ``elapsed_seconds`` and the rate
+    cover this run only. ``counts`` and ``fields`` cover every done unit of the plan,
+    earlier runs of the same job too: a resumed job therefore reports the same
+    ``counts`` as one uninterrupted run over unchanged data. ``resumed`` says whether
+    the checkpoint already held progress of these units (an earlier run was resumed);
+    ``job_started_at`` is when the job was begun (its first run), ``started_at`` when
+    this run started, both in UTC.
     """
 
     job: str
@@ -100,6 +106,9 @@ class JobReport:
     back_offs: int = 0
     stopped: str | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    resumed: bool = False
+    job_started_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
 
     @property
     def complete(self) -> bool:
@@ -151,11 +160,19 @@ class JobReport:
                 "not_run": self.units_not_run,
             },
             "failed_units": dict(sorted(self.failed_units.items())),
+            "resumed": self.resumed,
+            "job_started_at": _iso(self.job_started_at),
+            "this_run": {
+                "started_at": _iso(self.started_at),
+                "units_run": self.units_run,
+                "units_failed": len(self.failed_units),
+                "counts": dict(sorted(self.run_counts.items())),
+                "elapsed_seconds": round(self.elapsed_seconds, 3),
+                "sessions_per_second": round(self.sessions_per_second, 1),
+                "retries": self.retries,
+                "back_offs": self.back_offs,
+            },
             "counts": dict(sorted(self.counts.items())),
-            "elapsed_seconds": round(self.elapsed_seconds, 3),
-            "sessions_per_second": round(self.sessions_per_second, 1),
-            "retries": self.retries,
-            "back_offs": self.back_offs,
             "stopped": self.stopped,
             "complete": self.complete,
         }
@@ -165,6 +182,10 @@ class JobReport:
             data["unresolved"] = self.unresolved
         data["ok"] = self.ok(strict=bool(self.options.get("strict")))
         return data
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return None if when is None else when.isoformat(timespec="seconds")
 
 
 def describe_error(exc: BaseException) -> str:
@@ -354,11 +375,15 @@ class UnitJob:
         if len({u.unit_id for u in units}) != len(units):
             raise ConfigurationError("the plan holds the same unit twice")
         cp = self._checkpoints
+        report = self._report(len(units))
+        report.started_at = dt.datetime.now(dt.UTC)
         await cp.begin_job(self.name, fingerprint or plan_fingerprint(units), restart=restart)
+        begun = await cp.job(self.name)
+        report.job_started_at = None if begun is None else begun.started_at
         recorded = await cp.units(self.name)
+        report.resumed = any(u.unit_id in recorded for u in units)
         done = {u.unit_id for u in units if _is_done(recorded.get(u.unit_id))}
         pending = collections.deque(u for u in units if u.unit_id not in done)
-        report = self._report(len(units))
         report.units_skipped = len(done)
         if self._progress is not None:
             self._progress.started(total=len(units), skipped=len(done))

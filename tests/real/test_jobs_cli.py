@@ -1,6 +1,7 @@
 """The command line on the real servers: verify finds and repairs each kind of seeded
-difference (both directions), bad input changes nothing, repair drains a queue, and the
-rehearsal runs on a scratch table and collection.
+difference (both directions), the same backfill run again copies again, bad input
+changes nothing, repair drains a queue, and the rehearsal runs on a scratch table and
+collection.
 
 These tests call ``main()`` in-process (no event loop of their own), so they are plain
 functions that set up the stores with ``asyncio.run``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +29,10 @@ from tests.real.jobs_support import (
     all_records,
     create_names,
     drop_names,
+    history,
     open_pair,
     seed_cassandra,
+    small_session,
 )
 from tests.real.servers import MONGODB_URI
 
@@ -153,6 +157,52 @@ def test_verify_finds_each_seeded_difference_and_repair_fixes_them(
             assert newer is not None and newer.revision == 90  # left alone
 
     asyncio.run(check())
+
+
+def test_the_same_backfill_after_a_rollback_copies_again(
+    names: Names, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9, item 7: the runbook's 'new backfill' after a rollback copies what changed."""
+    old = history(120, seed=7, tombstone_every=20)
+    asyncio.run(seed_cassandra(names.table, old))
+    backfill = ["backfill", "--source", "cassandra", "--parts", "4", "--no-progress"]
+    code, first = _run_json(backfill, capsys)
+    assert code == 0, first
+    assert first["counts"]["records"] == 120
+
+    async def rolled_back_writes() -> list[StoredRecord]:
+        # In CASSANDRA_ONLY the service writes Cassandra alone: new sessions, and newer
+        # revisions of sessions DocumentDB already holds.
+        rng = random.Random(8)
+        revision = max(r.revision for r in old)
+        async with open_pair(names) as pair:
+            written = [small_session(revision + 1 + i, rng) for i in range(6)]
+            written += [
+                r.session.model_copy(
+                    update={"revision": revision + 100 + i, "status": SessionStatus.GRADED}
+                )
+                for i, r in enumerate(old[:8])
+                if r.session is not None
+            ]
+            for session in written:
+                await pair.cassandra.save(session)
+        return [StoredRecord.of(s) for s in written]
+
+    changed = asyncio.run(rolled_back_writes())
+    code, again = _run_json(backfill, capsys)  # the very same command
+    assert code == 0, again
+
+    async def check() -> None:
+        async with open_pair(names) as pair:
+            for record in changed:
+                assert await pair.documentdb.get(record.session_id) == record
+            assert await all_records(pair.documentdb) == await all_records(pair.cassandra)
+
+    asyncio.run(check())
+    assert again["job"] != first["job"]
+    assert (again["resumed"], again["units"]["skipped"]) == (False, 0)
+    assert again["this_run"]["counts"]["records"] == 126
+    assert again["this_run"]["counts"]["sessions"] > len(changed)
 
 
 def _store_state(names: Names) -> tuple[dict[uuid.UUID, StoredRecord], int]:

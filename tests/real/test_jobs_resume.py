@@ -2,7 +2,8 @@
 
 The command runs in a subprocess against the real servers. It is stopped once with
 SIGTERM (a clean interruption, exit 130) and then with SIGKILL at random moments
-(seeded), each after a random number of units completed. Every resumed run must skip
+(seeded), each after a random number of units completed, and resumed each time with
+``--resume``. Every resumed run must skip
 exactly the units the checkpoint holds as done, never start a completed unit again,
 and the last run must end with the same data as an uninterrupted run: verify, run
 as a command too, reports zero differences.
@@ -97,10 +98,11 @@ async def _stop_and_resume(names: Names, checkpoint: Path) -> None:
         "--concurrency", "2", "--page-size", "10", "--no-progress", "--json",
         "--checkpoint", str(checkpoint),
     ]  # fmt: skip
+    resume = [*backfill, "--resume"]  # the first run starts the job, the others continue it
     stops = sorted(rng.sample(range(2, UNITS - 4), 4))
     snapshots: list[dict[str, int]] = []
     for number, target in enumerate(stops):
-        proc = await _run(backfill, env)
+        proc = await _run(resume if number else backfill, env)
         await _wait_for_done(proc, checkpoint, target)
         await asyncio.sleep(rng.uniform(0.0, 0.4))  # somewhere inside the next units
         if number == 0:
@@ -119,13 +121,14 @@ async def _stop_and_resume(names: Names, checkpoint: Path) -> None:
             assert set(snapshots[-1]) <= set(done)
         snapshots.append(done)
 
-    proc = await _run(backfill, env)
+    proc = await _run(resume, env)
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     report = json.loads(out)
     before = snapshots[-1]
+    assert report["resumed"] is True
     assert report["units"]["skipped"] == len(before)
-    assert report["units"]["run"] == UNITS - len(before)
+    assert report["units"]["run"] == report["this_run"]["units_run"] == UNITS - len(before)
     assert report["counts"]["records"] == 400  # the totals of a run that never stopped
     assert report["counts"]["tombstones"] == 16
     final = _units(checkpoint)

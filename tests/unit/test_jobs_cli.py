@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,15 +18,17 @@ from sessionstore import (
     Phase,
     SqliteRepairQueue,
     StoredRecord,
+    StudentSession,
+    WriteResult,
 )
 from sessionstore.cli import jobs as cli_jobs
 from sessionstore.cli import phase as cli_phase
 from sessionstore.cli.main import main
-from sessionstore.jobs import WorkUnit
+from sessionstore.jobs import SqliteCheckpointStore, WorkUnit
 from sessionstore.jobs.settings import ConnectionSettings
 from sessionstore.phases import Store
 from sessionstore.revision import wall_clock_us
-from sessionstore.testing import FaultInjectingBackend, launchdarkly_test_client
+from sessionstore.testing import Call, FaultInjectingBackend, launchdarkly_test_client
 from tests.helpers import make_session
 
 SECRET = "hunter2-s3cret"
@@ -33,25 +37,40 @@ SECRET = "hunter2-s3cret"
 class _Kept(FaultInjectingBackend):
     """A store whose data outlives one command (closing it does not close the data)."""
 
+    #: Press Ctrl-C (SIGINT to this process) once this many sessions were saved.
+    interrupt_after: int | None = None
+
     async def _close(self) -> None:
         return None
+
+    async def save(
+        self, session: StudentSession, *, expected_revision: int | None = None
+    ) -> WriteResult:
+        result = await super().save(session, expected_revision=expected_revision)
+        saves = sum(1 for c in self.calls if c.operation == "save")
+        if saves == self.interrupt_after:
+            signal.raise_signal(signal.SIGINT)
+        return result
 
 
 class Fakes:
     def __init__(self) -> None:
         self.data = {s: InMemoryBackend(name=s.value) for s in Store}
         self.built: list[Store] = []
+        self.calls: list[Call] = []  # every call that reached a store
         self.insert_first: dict[Store, bool] = {}
         self.faults: dict[Store, type[Exception]] = {}
         #: Saves that fail in the next command: a count, or None for every save.
         self.failing_saves: dict[Store, int | None] = {}
+        self.interrupt_after: int | None = None
 
     def factory(
         self, settings: ConnectionSettings, store: Store, *, insert_first: bool = False
     ) -> _Kept:
         self.built.append(store)
         self.insert_first[store] = insert_first
-        backend = _Kept(self.data[store])
+        backend = _Kept(self.data[store], calls=self.calls)
+        backend.interrupt_after = self.interrupt_after
         if store in self.faults:
             backend.go_down(error=self.faults[store])  # type: ignore[arg-type]
         if store in self.failing_saves:
@@ -76,6 +95,20 @@ class Fakes:
 
         return asyncio.run(go())
 
+    def rewrite(self, store: Store, ids: list[uuid.UUID]) -> None:
+        """Newer revisions of ``ids`` in ``store`` alone, as writes to one store would be."""
+
+        async def go() -> None:
+            backend = self.data[store]
+            for sid in ids:
+                old = (await backend.get(sid)).session  # type: ignore[union-attr]
+                assert old is not None
+                await backend.save(
+                    old.model_copy(update={"revision": old.revision + 10**6, "status": "graded"})
+                )
+
+        asyncio.run(go())
+
     def records(self, store: Store) -> dict[uuid.UUID, StoredRecord]:
         return self.data[store].records()
 
@@ -97,25 +130,218 @@ def _json(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     return json.loads(out)  # type: ignore[no-any-return]
 
 
-def test_backfill_then_resume_then_verify(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
-    fakes.seed(Store.CASSANDRA, 40)
-    assert main(["backfill", "--source", "cassandra", "--parts", "8", "--json"]) == 0
+BACKFILL = ["backfill", "--source", "cassandra", "--parts", "8"]
+
+
+def test_the_same_backfill_again_copies_again(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9, item 7: after a rollback, 'a new backfill' must copy, not resume."""
+    ids = fakes.seed(Store.CASSANDRA, 40)
+    assert main([*BACKFILL, "--json"]) == 0
     first = _json(capsys)
     assert first["counts"]["sessions"] == 40
     assert first["units"] == {"planned": 8, "run": 8, "skipped": 0, "failed": 0, "not_run": 0}
     assert fakes.records(Store.DOCUMENTDB) == fakes.records(Store.CASSANDRA)
 
-    assert main(["backfill", "--source", "cassandra", "--parts", "8", "--json"]) == 0
+    # Rolled back to CASSANDRA_ONLY: writes reach Cassandra alone, new sessions and
+    # newer revisions of old ones, until the next DUAL_WRITE and its backfill.
+    fakes.seed(Store.CASSANDRA, 5)
+    fakes.rewrite(Store.CASSANDRA, ids[:7])
+    assert fakes.records(Store.DOCUMENTDB) != fakes.records(Store.CASSANDRA)
+
+    assert main([*BACKFILL, "--json"]) == 0
     again = _json(capsys)
-    assert (again["units"]["run"], again["units"]["skipped"]) == (0, 8)
-    assert again["counts"] == first["counts"]
+    assert fakes.records(Store.DOCUMENTDB) == fakes.records(Store.CASSANDRA)
+    assert (again["units"]["run"], again["units"]["skipped"]) == (8, 0)
+    assert again["job"] != first["job"]
+    for report in (first, again):  # the plan, the start (UTC) and a random suffix
+        assert re.fullmatch(
+            r"backfill-cassandra-to-documentdb-parts-8-\d{8}T\d{6}Z-[0-9a-f]{6}", report["job"]
+        )
+    assert (first["resumed"], again["resumed"]) == (False, False)
+    assert again["this_run"]["units_run"] == 8
+    assert again["this_run"]["counts"]["sessions"] == 45
 
     assert main(["verify", "--source", "cassandra", "--parts", "4", "--strict", "--json"]) == 0
     verified = _json(capsys)
     assert verified["differences"] == dict.fromkeys(
         ("missing", "stale", "content_mismatch", "deleted_in_one", "newer"), 0
     )
-    assert verified["counts"]["checked"] == 40
+    assert verified["counts"]["checked"] == 45
+
+
+def _jobs(path: str = "sessionstore-checkpoints.db") -> list[tuple[str, int]]:
+    """(name, units done) of every job in the checkpoint file, the newest first."""
+
+    async def read() -> list[tuple[str, int]]:
+        async with SqliteCheckpointStore(path) as checkpoints:
+            return [(j.job, j.units_done) for j in await checkpoints.jobs()]
+
+    return asyncio.run(read())
+
+
+def test_resume_continues_an_interrupted_backfill(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.seed(Store.CASSANDRA, 40)
+    fakes.interrupt_after = 22  # Ctrl-C inside the fifth of eight units
+    assert main([*BACKFILL, "--concurrency", "1", "--json"]) == 130
+    assert "add --resume to the same command" in capsys.readouterr().err
+    [(name, done)] = _jobs()
+    assert 0 < done < 8
+
+    fakes.interrupt_after = None
+    assert main([*BACKFILL, "--resume", "--json"]) == 0
+    captured = capsys.readouterr()
+    resumed = json.loads(captured.out)
+    assert f"resuming job {name!r}" in captured.err
+    assert resumed["job"] == name and resumed["resumed"] is True
+    assert resumed["job_started_at"] <= resumed["this_run"]["started_at"]
+    assert (resumed["units"]["skipped"], resumed["units"]["run"]) == (done, 8 - done)
+    assert resumed["counts"]["sessions"] == 40  # the job's total, both runs
+    assert 0 < resumed["this_run"]["counts"]["sessions"] < 40
+    assert fakes.records(Store.DOCUMENTDB) == fakes.records(Store.CASSANDRA)
+    assert _jobs() == [(name, 8)]
+
+    # Complete now: a bare --resume has nothing to continue, a named one says so.
+    assert main([*BACKFILL, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and f"{name!r}, is complete" in err
+    fakes.calls.clear()
+    assert main([*BACKFILL, "--resume", name]) == 0
+    captured = capsys.readouterr()
+    assert "already complete" in captured.err
+    assert "nothing to do: every unit was already done; this run copied nothing" in captured.out
+    assert "resumed job, begun" in captured.out
+    assert fakes.calls == []  # no store was even opened
+    assert main([*BACKFILL, "--job", name, "--resume", "--json"]) == 0
+    report = _json(capsys)
+    assert report["this_run"]["counts"] == {} and report["this_run"]["units_run"] == 0
+    assert report["counts"]["sessions"] == 40
+
+
+def test_a_job_name_twice_without_resume_exits_two_and_writes_nothing(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.seed(Store.CASSANDRA, 10)
+    named = [*BACKFILL, "--job", "after-rollback"]
+    assert main(named) == 0
+    assert "new job 'after-rollback'" in capsys.readouterr().err
+    fakes.seed(Store.CASSANDRA, 3)
+    before, jobs = fakes.records(Store.DOCUMENTDB), _jobs()
+    fakes.calls.clear()
+
+    assert main(named) == 2
+    err = capsys.readouterr().err
+    assert "job 'after-rollback' already exists" in err and "add --resume" in err
+    assert fakes.calls == [] and _jobs() == jobs
+    assert fakes.records(Store.DOCUMENTDB) == before
+
+    assert main([*named, "--restart", "--json"]) == 0  # the same job, from the start
+    restarted = _json(capsys)
+    assert (restarted["job"], restarted["resumed"]) == ("after-rollback", False)
+    assert restarted["this_run"]["counts"]["sessions"] == 13
+    assert fakes.records(Store.DOCUMENTDB) == fakes.records(Store.CASSANDRA)
+
+
+def test_shards_of_one_job_share_its_name(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
+    fakes.seed(Store.CASSANDRA, 30)
+    sharded = [*BACKFILL, "--job", "wide"]
+    runs = []
+    for i in range(2):
+        assert main([*sharded, "--shard", f"{i}/2", "--json"]) == 0
+        runs.append(_json(capsys))
+    assert [r["job"] for r in runs] == ["wide", "wide"]
+    assert [r["resumed"] for r in runs] == [False, False]  # the second joined, new to it
+    assert sum(r["this_run"]["counts"]["sessions"] for r in runs) == 30
+    assert fakes.records(Store.DOCUMENTDB) == fakes.records(Store.CASSANDRA)
+
+    assert main([*sharded, "--shard", "0/2"]) == 2
+    assert "shard 0/2 of job 'wide'" in capsys.readouterr().err
+    assert main([*sharded, "--shard", "0/2", "--resume", "--json"]) == 0
+    assert _json(capsys)["this_run"]["units_run"] == 0
+    assert main([*BACKFILL, "--resume", "wide"]) == 0  # the whole job is complete
+    assert "already complete" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shard", "0/2"], "--shard needs --job NAME"),
+        (["--restart"], "--restart needs --job NAME"),
+        (["--job", "a", "--resume", "--restart"], "give only one"),
+        (["--job", "a", "--resume", "b"], "different jobs"),
+        (["--job", "a", "--shard", "0/2", "--restart"], "new --job name"),
+        (["--resume", "--print-units"], "--print-units reads no checkpoint"),
+        (["--resume", "bad name"], "job name"),
+    ],
+)
+@pytest.mark.parametrize("command", ["backfill", "verify"])
+def test_bad_job_flags_exit_two_before_any_store_is_built(
+    fakes: Fakes,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    argv: list[str],
+    message: str,
+) -> None:
+    fakes.seed(Store.CASSANDRA, 3)
+    assert main([command, "--source", "cassandra", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert fakes.built == []
+
+
+def test_resume_with_nothing_to_resume_exits_two(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.seed(Store.CASSANDRA, 3)
+    assert main([*BACKFILL, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume: no unfinished backfill cassandra -> documentdb job" in err
+    assert main([*BACKFILL, "--resume", "gone"]) == 2
+    assert "no job 'gone'" in capsys.readouterr().err
+    assert main(["verify", "--source", "cassandra", "--resume"]) == 2
+    assert "no unfinished verify cassandra -> documentdb job" in capsys.readouterr().err
+    assert fakes.calls == []
+    assert fakes.records(Store.DOCUMENTDB) == {}
+
+
+def test_verify_follows_the_same_resume_rule(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.seed(Store.CASSANDRA, 6)
+    verify = ["verify", "--source", "cassandra", "--parts", "2"]
+    assert main([*verify, "--job", "check"]) == 1  # missing in the target
+    capsys.readouterr()
+    assert main([*verify, "--job", "check"]) == 2
+    assert "add --resume" in capsys.readouterr().err
+    assert main([*verify, "--resume", "check", "--json"]) == 1  # complete, not ok
+    report = _json(capsys)
+    assert (report["resumed"], report["this_run"]["units_run"]) == (True, 0)
+    assert report["differences"]["missing"] == 6
+    assert main([*verify, "--json"]) == 1  # a new verify compares again
+    again = _json(capsys)
+    assert again["job"].startswith("verify-cassandra-vs-documentdb-")
+    assert again["this_run"]["counts"]["checked"] == 6
+
+
+def test_report_shows_this_run_beside_the_job_total(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.seed(Store.CASSANDRA, 12)
+    assert main([*BACKFILL, "--job", "bf", "--shard", "0/2"]) == 0
+    capsys.readouterr()
+    assert main([*BACKFILL, "--job", "bf", "--resume"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[1].startswith("resumed job, begun ")
+    assert lines[1].endswith(" UTC") and "this run started" in lines[1]
+    header = next(line for line in lines if "this run" in line and "job total" in line)
+    copied = next(line for line in lines if line.startswith("sessions copied"))
+    this_run, total = (int(n.replace(",", "")) for n in copied.split()[-2:])
+    assert total == 12 and 0 < this_run < 12
+    assert header.index("this run") < header.index("job total")
+    assert lines[-1] == "result: OK"
 
 
 def test_verify_exit_codes_and_repair(
@@ -135,7 +361,7 @@ def test_verify_exit_codes_and_repair(
 def test_print_units_touches_no_store_and_shards_partition(
     fakes: Fakes, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["backfill", "--source", "cassandra", "--parts", "16", "--print-units"]
+    argv = ["backfill", "--source", "cassandra", "--parts", "16", "--print-units", "--job", "q"]
     assert main(argv) == 0
     units = [WorkUnit.from_json(line) for line in capsys.readouterr().out.splitlines()]
     assert len(units) == 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import time
 from collections.abc import AsyncIterator
@@ -74,6 +75,32 @@ async def test_checkpoint_refuses_another_plan_unless_restarted(
     await checkpoints.begin_job("j", "plan-b", restart=True)
     assert await checkpoints.units("j") == {}
     assert await checkpoints.job_fingerprint("j") == "plan-b"
+
+
+async def test_checkpoint_lists_jobs_of_a_plan_newest_first(
+    checkpoints: CheckpointStore,
+) -> None:
+    await checkpoints.begin_job("old", "plan-a")
+    await checkpoints.unit_done("old", "u1", {}, {})
+    await checkpoints.unit_done("old", "u2", {}, {})
+    await asyncio.sleep(0.01)
+    await checkpoints.begin_job("other", "plan-b")
+    await asyncio.sleep(0.01)
+    await checkpoints.begin_job("new", "plan-a")
+    await checkpoints.unit_done("new", "u1", {}, {})
+    await checkpoints.unit_failed("new", "u2", "BackendTimeoutError: slow")
+    same_plan = await checkpoints.jobs(fingerprint="plan-a")
+    assert [(j.job, j.units_done) for j in same_plan] == [("new", 1), ("old", 2)]
+    assert same_plan[0].started_at > same_plan[1].started_at
+    assert same_plan[0].started_at.tzinfo is dt.UTC
+    assert [j.job for j in await checkpoints.jobs()] == ["new", "other", "old"]
+    assert await checkpoints.job("other") == (await checkpoints.jobs(fingerprint="plan-b"))[0]
+    assert await checkpoints.job("missing") is None
+    await asyncio.sleep(0.01)
+    await checkpoints.begin_job("old", "plan-a", restart=True)  # begun again, from nothing
+    restarted = await checkpoints.job("old")
+    assert restarted is not None and restarted.units_done == 0
+    assert restarted.started_at > same_plan[0].started_at
 
 
 async def test_sqlite_checkpoints_survive_reopening(tmp_path: Path) -> None:
