@@ -191,7 +191,9 @@ class ConnectionSettings(BaseModel):
         try:
             settings: Any = DocumentDBSettings(**values)
         except ConfigurationError as exc:
-            hint = " (tls=False is SESSIONSTORE_DOCUMENTDB_TLS=false)" if "tls" in str(exc) else ""
+            # The TLS rules name the tls=False opt-out: say what it is called here.
+            named = "tls=False" in str(exc)
+            hint = " (tls=False is SESSIONSTORE_DOCUMENTDB_TLS=false)" if named else ""
             raise ConfigurationError(f"{exc}{hint}") from None
         return settings
 
