@@ -190,8 +190,9 @@ class Servers:
         insert_first: bool = False,
     ) -> DocumentDBBackend:
         """An opened ``DocumentDBBackend.connect`` backend (its own client)."""
+        # tls=False: the explicit plaintext opt-out for the loopback test server.
         settings = DocumentDBSettings(
-            uri=MONGODB_URI, database=DATABASE, collection=collection.name
+            uri=MONGODB_URI, database=DATABASE, collection=collection.name, tls=False
         )
         backend = DocumentDBBackend.connect(settings, name=name, insert_first=insert_first)
         await backend.__aenter__()

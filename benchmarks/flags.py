@@ -6,6 +6,7 @@ them also reports what the phase evaluation cost per call during that benchmark.
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from typing import Any
@@ -68,7 +69,12 @@ def run(calls: int = 20_000, rounds: int = 3, reference_us: float | None = None)
     try:
         sources: dict[str, PhaseSource] = {
             "static": StaticPhaseSource(Phase.SHADOW),
-            "launchdarkly": LaunchDarklyPhaseSource(client, flag_key="session-store-migration"),
+            # As the service runs it: context keys hashed with the fleet's secret.
+            "launchdarkly": LaunchDarklyPhaseSource(
+                client,
+                flag_key="session-store-migration",
+                context_key_secret=secrets.token_hex(16),
+            ),
         }
         ids = [uuid.uuid4() for _ in range(calls)]
         results: dict[tuple[str, bool], Series] = {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -309,7 +310,13 @@ async def _launchdarkly_read(
     from sessionstore.testing import launchdarkly_test_client
 
     client, _ = launchdarkly_test_client("session-store-migration", Phase.CASSANDRA_ONLY)
-    source = TimedPhaseSource(LaunchDarklyPhaseSource(client, flag_key="session-store-migration"))
+    source = TimedPhaseSource(
+        LaunchDarklyPhaseSource(
+            client,
+            flag_key="session-store-migration",
+            context_key_secret=secrets.token_hex(16),
+        )
+    )
     repo = await servers.repository(table, collection, source)
     raw = RawCassandra(servers.session, KEYSPACE, table, CONSISTENCY)
     n = len(ids)

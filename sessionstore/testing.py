@@ -42,8 +42,12 @@ from sessionstore.repository import SessionRepository
 from sessionstore.revision import DEFAULT_MAX_SKEW, HybridClock
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ldclient.client import LDClient
     from ldclient.integrations.test_data import TestData
+
+    from sessionstore.launchdarkly import LaunchDarklyPhaseSource
 
 __all__ = [
     "Call",
@@ -434,7 +438,15 @@ def memory_repository(
 def launchdarkly_test_client(
     flag_key: str = "session-store-migration", phase: Phase = Phase.CASSANDRA_ONLY
 ) -> tuple[LDClient, TestData]:
-    """A real LaunchDarkly client fed by the SDK's TestData source, events disabled."""
+    """A real LaunchDarkly client fed by the SDK's TestData source, events disabled.
+
+    Build the phase source on it as the service does, with a test secret::
+
+        client, td = launchdarkly_test_client(phase=Phase.SHADOW)
+        source = LaunchDarklyPhaseSource(
+            client, flag_key="session-store-migration", context_key_secret="test-secret-16bytes"
+        )
+    """
     from ldclient.client import LDClient
     from ldclient.config import Config
     from ldclient.integrations.test_data import TestData
@@ -446,10 +458,28 @@ def launchdarkly_test_client(
 
 
 def set_launchdarkly_phase(
-    td: TestData, phase: Phase, *, flag_key: str = "session-store-migration"
+    td: TestData,
+    phase: Phase,
+    *,
+    flag_key: str = "session-store-migration",
+    targets: Mapping[uuid.UUID, Phase] | None = None,
+    source: LaunchDarklyPhaseSource | None = None,
 ) -> None:
-    """Serve ``phase`` to every session from the TestData migration flag."""
+    """Serve ``phase`` to every session from the TestData migration flag.
+
+    Sessions in ``targets`` get their own phase instead, targeted by the context key
+    ``source`` sends for them (a keyed hash of the session id by default), as an
+    operator targets single sessions in the LaunchDarkly dashboard::
+
+        set_launchdarkly_phase(td, Phase.DUAL_WRITE, targets={sid: Phase.DOCDB_PRIMARY},
+                               source=source)
+    """
     stages = [p.value for p in Phase]
-    td.update(
-        td.flag(flag_key).variations(*stages).variation_for_all(stages.index(Phase(phase).value))
-    )
+    flag = td.flag(flag_key).variations(*stages).variation_for_all(stages.index(Phase(phase).value))
+    if targets:
+        if source is None:
+            raise ConfigurationError("targets need the source whose context keys they use")
+        for sid, target in targets.items():
+            variation = stages.index(Phase(target).value)
+            flag = flag.variation_for_key(source.context_kind, source.context_key(sid), variation)
+    td.update(flag)

@@ -157,7 +157,10 @@ class CassandraSettings(BaseModel):
     """How :meth:`CassandraBackend.connect` reaches the cluster.
 
     The password is a :class:`~pydantic.SecretStr`: it never appears in ``repr``,
-    ``str`` or validation errors. Example::
+    ``str`` or validation errors. A username and password need TLS (``ssl_ca_file``):
+    without it they would cross the network in plaintext, and the settings raise
+    :class:`~sessionstore.ConfigurationError` unless ``allow_plaintext_credentials=True``
+    (a loopback test cluster). Example::
 
         CassandraSettings(contact_points=["10.0.0.1", "10.0.0.2"], keyspace="exams",
                           local_dc="eu-west-1", username="svc", password="s3cret",
@@ -181,6 +184,8 @@ class CassandraSettings(BaseModel):
     ssl_ca_file: Path | None = None
     #: Check that each node's certificate names its address (needs IP SANs for IPs).
     ssl_check_hostname: bool = True
+    #: Opt-in to send ``username``/``password`` without TLS (no ``ssl_ca_file``).
+    allow_plaintext_credentials: bool = False
     #: A ``cassandra.ConsistencyLevel`` name, used for reads and writes.
     consistency: str = "LOCAL_QUORUM"
     request_timeout: float = Field(default=10.0, gt=0)
@@ -201,6 +206,17 @@ class CassandraSettings(BaseModel):
     def _check_credentials(self) -> Self:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password must be given together")
+        if (
+            self.username is not None
+            and self.ssl_ca_file is None
+            and not self.allow_plaintext_credentials
+        ):
+            # Not a ValueError: pydantic would wrap it in its own ValidationError.
+            raise ConfigurationError(
+                "Cassandra credentials without TLS would cross the network in plaintext: "
+                "set ssl_ca_file, or allow_plaintext_credentials=True to accept that "
+                "(a loopback test cluster)"
+            )
         return self
 
 

@@ -29,8 +29,7 @@ Example (the backend creates and owns the client)::
     settings = DocumentDBSettings(
         uri="mongodb://app:secret@docdb.example:27017/?replicaSet=rs0",
         database="assessments",
-        tls=True,
-        tls_ca_file="/etc/ssl/global-bundle.pem",
+        tls_ca_file="/etc/ssl/global-bundle.pem",   # TLS is on by default
     )
     async with DocumentDBBackend.connect(settings) as store:
         await store.save(session)
@@ -47,6 +46,7 @@ See docs/documentdb.md for supported engines and connection options.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterable, Awaitable, Mapping
@@ -155,15 +155,22 @@ class DocumentDBSettings(BaseModel):
     reasons only: the URI may hold a password, so it never appears in a message, in
     ``repr`` or in ``str``).
 
+    TLS is on by default, as on Amazon DocumentDB. ``tls=False`` is the only way to a
+    plaintext connection (a loopback test server); a URI that turns TLS off by itself
+    (``tls=false`` or ``ssl=false``) is refused unless ``tls=False`` says so too.
+
     Example for Amazon DocumentDB 5.0/8.0::
 
         DocumentDBSettings(
             uri="mongodb://app:pw@cluster.docdb.amazonaws.com:27017/?replicaSet=rs0",
             database="assessments",
-            tls=True,
             tls_ca_file="/etc/ssl/global-bundle.pem",
             read_preference="secondaryPreferred",   # reads from replicas
         )
+
+    and for a FerretDB on the loopback interface (tests)::
+
+        DocumentDBSettings(uri="mongodb://127.0.0.1:27117/", database="t", tls=False)
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -172,9 +179,9 @@ class DocumentDBSettings(BaseModel):
     uri: SecretStr
     database: str
     collection: str = "sessions"
-    #: True forces TLS on; False leaves it to the URI (``tls=true``), default off.
-    tls: bool = False
-    #: CA bundle (for DocumentDB: ``global-bundle.pem``); must exist; implies TLS.
+    #: TLS on (the default); False is the explicit opt-out to plaintext, for test servers.
+    tls: bool = True
+    #: CA bundle (for DocumentDB: ``global-bundle.pem``); must exist; needs ``tls``.
     tls_ca_file: Path | None = None
     #: DocumentDB before 8.0.2 has no retryable writes; enable only on 8.0.2+.
     retry_writes: bool = False
@@ -192,12 +199,18 @@ class DocumentDBSettings(BaseModel):
         # pydantic's ValidationError echoes input values (the URI with its password), so
         # it is replaced, not chained: field names and reasons only.
         try:
-            return handler(data)
+            settings = handler(data)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
                 for err in exc.errors()
             )
+        else:
+            # Checked here, not in an "after" validator: those run outside this wrapper.
+            problem = settings._tls_problem()
+            if problem is None:
+                return settings
+            problems = f"tls: {problem}"
         # Raised outside the except block so that not even __context__ keeps the original.
         raise ConfigurationError(f"invalid DocumentDB settings: {problems}")
 
@@ -230,10 +243,25 @@ class DocumentDBSettings(BaseModel):
             raise ValueError(f"CA file {str(value)!r} does not exist or is not a file")
         return value
 
+    def _tls_problem(self) -> str | None:
+        # Names the URI option only, never the URI (it may hold the password).
+        if self.tls:
+            option = _uri_tls_off_option(self.uri)
+            if option is not None:
+                return (
+                    f"the URI turns TLS off ({option}=false): TLS is required unless "
+                    "tls=False is set too (the explicit plaintext opt-out)"
+                )
+        elif self.tls_ca_file is not None:
+            return "tls_ca_file is set, but tls=False turns TLS off"
+        elif _uri_tls_on_option(self.uri) is not None:
+            return "tls=False contradicts the URI, which turns TLS on"
+        return None
+
     @property
     def uses_tls(self) -> bool:
-        """True when the backend forces TLS on: ``tls=True`` or a ``tls_ca_file`` is set."""
-        return self.tls or self.tls_ca_file is not None
+        """True unless ``tls=False`` opted out (the client is then created with TLS off)."""
+        return self.tls
 
 
 class DocumentDBBackend(LifecycleMixin):
@@ -597,8 +625,8 @@ def _make_client(settings: DocumentDBSettings) -> AsyncMongoClient[dict[str, Any
     }
     if settings.socket_timeout_ms is not None:
         options["socketTimeoutMS"] = settings.socket_timeout_ms
-    if settings.uses_tls:
-        options["tls"] = True
+    # Always explicit: a plaintext connection only ever comes from the tls=False opt-out.
+    options["tls"] = settings.tls
     if settings.tls_ca_file is not None:
         options["tlsCAFile"] = str(settings.tls_ca_file)
     uri = settings.uri.get_secret_value()
@@ -653,6 +681,31 @@ def _first_line(exc: BaseException) -> str:
     # (host:port and the socket error) is what an operator needs.
     text = str(exc).split(", Topology Description:", 1)[0]
     return text.splitlines()[0][:300] if text else ""
+
+
+def _uri_tls_options(uri: SecretStr) -> dict[str, str]:
+    # The URI's tls/ssl options, names lower-cased (URI option names are case-insensitive;
+    # PyMongo also accepts ';' between options). Parsed without resolving mongodb+srv.
+    try:
+        query = urllib.parse.urlsplit(uri.get_secret_value()).query
+    except ValueError:  # malformed: PyMongo reports it when the client is built
+        return {}
+    options: dict[str, str] = {}
+    for pair in re.split(r"[&;]", query):
+        name, _, value = pair.partition("=")
+        if name.lower() in ("tls", "ssl"):
+            options[name.lower()] = urllib.parse.unquote(value).strip().lower()
+    return options
+
+
+def _uri_tls_off_option(uri: SecretStr) -> str | None:
+    """The URI option (``tls``/``ssl``) that turns TLS off, if any."""
+    return next((k for k, v in _uri_tls_options(uri).items() if v == "false"), None)
+
+
+def _uri_tls_on_option(uri: SecretStr) -> str | None:
+    """The URI option (``tls``/``ssl``) that turns TLS on, if any."""
+    return next((k for k, v in _uri_tls_options(uri).items() if v == "true"), None)
 
 
 def _uri_secrets(uri: SecretStr) -> tuple[str, ...]:

@@ -108,6 +108,12 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--cassandra-consistency", metavar="LEVEL")
     c.add_argument("--cassandra-protocol-version", type=int, metavar="N")
     c.add_argument("--cassandra-tls-ca-file", type=Path, metavar="PEM")
+    c.add_argument(
+        "--cassandra-allow-plaintext-credentials",
+        action="store_const",
+        const=True,
+        help="send the username and password without TLS (loopback test clusters only)",
+    )
     d = parser.add_argument_group("DocumentDB (default: SESSIONSTORE_* variables)")
     d.add_argument(
         "--mongodb-uri",
@@ -117,6 +123,13 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--documentdb-database", metavar="NAME")
     d.add_argument("--documentdb-collection", metavar="NAME")
     d.add_argument("--documentdb-tls-ca-file", type=Path, metavar="PEM")
+    d.add_argument(
+        "--documentdb-no-tls",
+        dest="documentdb_tls",
+        action="store_const",
+        const=False,
+        help="connect without TLS (loopback test servers only; TLS is on by default)",
+    )
     parser.add_argument("--tls-ca-file", type=Path, metavar="PEM", help="CA bundle of both stores")
     parser.add_argument("--request-timeout", type=positive_float, metavar="SECONDS")
 
@@ -131,9 +144,11 @@ _FLAG_FIELDS = (
     "cassandra_consistency",
     "cassandra_protocol_version",
     "cassandra_tls_ca_file",
+    "cassandra_allow_plaintext_credentials",
     "mongodb_uri",
     "documentdb_database",
     "documentdb_collection",
+    "documentdb_tls",
     "documentdb_tls_ca_file",
     "tls_ca_file",
     "request_timeout",

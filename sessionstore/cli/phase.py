@@ -1,8 +1,10 @@
 """``sessionstore phase``: the phase table, and which phase given sessions are in now.
 
 With session ids, the LaunchDarkly migration flag is evaluated for each of them exactly
-as the service does (a ``session`` context keyed by the id), so the on-call team can
-check that a flip, or a percentage rollout, took effect. No events are sent.
+as the service does (a ``session`` context keyed by the keyed hash of the id, from the
+same ``SESSIONSTORE_LAUNCHDARKLY_CONTEXT_SECRET``), so the on-call team can check that a
+flip, or a percentage rollout, took effect; each session's context key is printed too,
+to target it in the dashboard. No events are sent.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from sessionstore._errors import ConfigurationError, InvalidSessionError
 from sessionstore._telemetry import Telemetry
 from sessionstore.cli import _common as common
@@ -21,6 +25,9 @@ from sessionstore.model import validate_session_id
 from sessionstore.phases import PHASE_PLANS, Operation, Phase
 
 __all__ = ["add_parsers", "command", "make_ld_client", "phase_rows"]
+
+#: The service's explicit opt-in to raw session ids as context keys (docs/cli.md).
+_RAW_IDS_VARIABLE = "SESSIONSTORE_LAUNCHDARKLY_RAW_SESSION_IDS"
 
 
 def make_ld_client(sdk_key: str, timeout: float) -> Any:
@@ -47,6 +54,18 @@ def add_parsers(sub: Any) -> None:
     )
     parser.add_argument(
         "--sdk-key-file", metavar="FILE", help="file holding the SDK key (or LAUNCHDARKLY_SDK_KEY)"
+    )
+    parser.add_argument(
+        "--context-secret-file",
+        metavar="FILE",
+        help="file holding the context key secret (or SESSIONSTORE_LAUNCHDARKLY_CONTEXT_SECRET)",
+    )
+    parser.add_argument(
+        "--raw-session-ids",
+        action="store_const",
+        const=True,
+        help="key contexts by the session ids themselves, for a service that opted into "
+        "raw_session_ids (or SESSIONSTORE_LAUNCHDARKLY_RAW_SESSION_IDS=true)",
     )
     parser.add_argument(
         "--default-phase",
@@ -120,7 +139,7 @@ def command(args: argparse.Namespace) -> int:
             note = "  (flag not evaluated: default phase)" if s["fallback"] else ""
             print(
                 f"{s['session_id']}  {s['phase']:<14} reads {plan.read.value}, "
-                f"writes {writes}{note}"
+                f"writes {writes}{note}  (context key {s['context_key']})"
             )
     return common.EXIT_OK
 
@@ -137,6 +156,7 @@ def _evaluate(args: argparse.Namespace, ids: list[uuid.UUID]) -> list[dict[str, 
             common.EXIT_USAGE,
             "evaluating the flag needs LAUNCHDARKLY_SDK_KEY (or --sdk-key-file)",
         )
+    secret, raw_ids = _context_keying(args)
     client = make_ld_client(sdk_key, args.timeout)
     try:
         if not client.is_initialized():
@@ -147,7 +167,12 @@ def _evaluate(args: argparse.Namespace, ids: list[uuid.UUID]) -> list[dict[str, 
             )
         telemetry = Telemetry()
         source = LaunchDarklyPhaseSource(
-            client, flag_key=args.flag, default_phase=args.default_phase, telemetry=telemetry
+            client,
+            flag_key=args.flag,
+            context_key_secret=secret,
+            raw_session_ids=raw_ids,
+            default_phase=args.default_phase,
+            telemetry=telemetry,
         )
         sessions = []
         for sid in ids:
@@ -158,9 +183,38 @@ def _evaluate(args: argparse.Namespace, ids: list[uuid.UUID]) -> list[dict[str, 
                     "session_id": str(sid),
                     "phase": phase.name,
                     "stage": phase.value,
+                    "context_key": source.context_key(sid),
                     "fallback": telemetry.stats.phase_fallbacks > before,
                 }
             )
         return sessions
     finally:
         client.close()
+
+
+def _context_keying(args: argparse.Namespace) -> tuple[str | None, bool]:
+    """The service's context keying: its secret, or its raw-session-ids opt-in."""
+    from sessionstore.launchdarkly import CONTEXT_KEY_SECRET_VARIABLE, _keyed_hash
+
+    raw_ids = args.raw_session_ids
+    if raw_ids is None:
+        text = os.environ.get(_RAW_IDS_VARIABLE, "").strip() or "false"
+        try:
+            raw_ids = TypeAdapter(bool).validate_python(text)
+        except ValidationError:
+            raise ConfigurationError(f"{_RAW_IDS_VARIABLE} must be true or false") from None
+    secret: str | None
+    if args.context_secret_file:
+        secret = common.read_secret_file(Path(args.context_secret_file), "context key secret")
+    else:
+        secret = os.environ.get(CONTEXT_KEY_SECRET_VARIABLE) or None
+    if secret is None and not raw_ids:
+        raise CommandError(
+            common.EXIT_USAGE,
+            f"evaluating the flag as the service does needs its {CONTEXT_KEY_SECRET_VARIABLE} "
+            "(or --context-secret-file), or --raw-session-ids if the service sends raw ids",
+        )
+    # Raw ids win over a secret in the environment only when asked for explicitly.
+    secret = None if raw_ids else secret
+    _keyed_hash(secret, raw_session_ids=bool(raw_ids))  # validated before LaunchDarkly connects
+    return secret, bool(raw_ids)

@@ -2,7 +2,9 @@
 
 ``sessionstore rehearse --real`` runs the rehearsal on them, so a rehearsal against a
 staging cluster never touches the sessions table. The driver connections are made
-here (not by the backends' ``connect``) because dropping a table needs a raw session.
+here (not by the backends' ``connect``) because dropping a table needs a raw session,
+but with the backends' own builders, so the same settings rules apply (TLS on for
+DocumentDB unless opted out, no Cassandra credentials in plaintext unless opted in).
 
 Example::
 
@@ -16,13 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import re
-import socket
-import ssl
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 from sessionstore._errors import BackendUnavailableError, ConfigurationError
 from sessionstore.backends.base import SessionBackend
@@ -42,56 +40,6 @@ class ScratchStores:
     name: str
 
 
-def _cluster(settings: ConnectionSettings) -> Any:
-    from cassandra.auth import PlainTextAuthProvider
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-
-    options: dict[str, Any] = {
-        "contact_points": list(settings.cassandra_hosts),
-        "port": settings.cassandra_port,
-        "connect_timeout": 5.0,
-        # As CassandraBackend.connect does: without it each write waits ~40 ms on Nagle.
-        "sockopts": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        "execution_profiles": {
-            EXEC_PROFILE_DEFAULT: ExecutionProfile(
-                load_balancing_policy=TokenAwarePolicy(
-                    DCAwareRoundRobinPolicy(settings.cassandra_local_dc or "")
-                ),
-                request_timeout=settings.request_timeout,
-            )
-        },
-    }
-    if settings.cassandra_protocol_version is not None:
-        options["protocol_version"] = settings.cassandra_protocol_version
-    if settings.cassandra_username and settings.cassandra_password:
-        options["auth_provider"] = PlainTextAuthProvider(
-            settings.cassandra_username, settings.cassandra_password.get_secret_value()
-        )
-    ca_file = settings.cassandra_tls_ca_file or settings.tls_ca_file
-    if ca_file is not None:
-        options["ssl_context"] = ssl.create_default_context(cafile=str(ca_file))
-    return Cluster(**options)
-
-
-def _mongo_client(settings: ConnectionSettings) -> Any:
-    from pymongo import AsyncMongoClient
-
-    if settings.mongodb_uri is None or not settings.documentdb_database:
-        raise ConfigurationError("the MongoDB URI and DocumentDB database must be set")
-    options: dict[str, Any] = {
-        "uuidRepresentation": "standard",
-        "tz_aware": True,
-        "tzinfo": dt.UTC,
-        "retryWrites": False,
-        "serverSelectionTimeoutMS": 10_000,
-    }
-    ca_file = settings.documentdb_tls_ca_file or settings.tls_ca_file
-    if ca_file is not None:
-        options.update(tls=True, tlsCAFile=str(ca_file))
-    return AsyncMongoClient(settings.mongodb_uri.get_secret_value(), **options)
-
-
 @contextlib.asynccontextmanager
 async def scratch_stores(
     settings: ConnectionSettings, *, keep: bool = False, create_keyspace: bool = False
@@ -101,27 +49,33 @@ async def scratch_stores(
     The keyspace must exist unless ``create_keyspace`` (SimpleStrategy, one replica:
     test clusters only). Both are dropped on exit unless ``keep``.
     """
-    from sessionstore.backends.cassandra import CassandraBackend, create_schema
-    from sessionstore.backends.documentdb import DocumentDBBackend
+    from sessionstore.backends.cassandra import CassandraBackend, _build_cluster, create_schema
+    from sessionstore.backends.documentdb import DocumentDBBackend, _make_client
 
     keyspace = settings.cassandra_keyspace
     if not keyspace or not _IDENTIFIER.match(keyspace):
         # Checked here too: the name is spliced into the DROP TABLE below.
         raise ConfigurationError("the Cassandra keyspace must be set to a valid name")
     name = f"rehearsal_{uuid.uuid4().hex[:10]}"
+    # Both validated before anything connects.
+    cassandra_settings = settings.cassandra_settings(table=name)
+    documentdb_settings = settings.documentdb_settings(collection=name)
+    client = _make_client(documentdb_settings)  # connects on first use
     try:
-        session = await asyncio.to_thread(lambda: _cluster(settings).connect())
-    except Exception as exc:
+        session = await asyncio.to_thread(lambda: _build_cluster(cassandra_settings).connect())
+    except BaseException as exc:
+        await client.close()
+        if isinstance(exc, ConfigurationError) or not isinstance(exc, Exception):
+            raise
         raise BackendUnavailableError(
             f"connect failed ({type(exc).__name__})", store="cassandra"
         ) from exc
-    client = _mongo_client(settings)
     replication: dict[str, str | int] = {"class": "SimpleStrategy", "replication_factor": 1}
     try:
         await create_schema(
             session, keyspace, name, replication=replication if create_keyspace else None
         )
-        collection = client[settings.documentdb_database][name]
+        collection = client[documentdb_settings.database][name]
         yield ScratchStores(
             CassandraBackend(session, keyspace=keyspace, table=name),
             DocumentDBBackend(collection, name="documentdb"),
@@ -133,6 +87,6 @@ async def scratch_stores(
                 drop = f"DROP TABLE IF EXISTS {keyspace}.{name}"
                 await asyncio.to_thread(session.execute, drop, timeout=60.0)
             with contextlib.suppress(Exception):
-                await client[settings.documentdb_database].drop_collection(name)
+                await client[documentdb_settings.database].drop_collection(name)
         await client.close()
         await asyncio.to_thread(session.cluster.shutdown)

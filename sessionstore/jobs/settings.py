@@ -41,9 +41,11 @@ ENVIRONMENT: dict[str, str] = {
     "cassandra_consistency": "SESSIONSTORE_CASSANDRA_CONSISTENCY",
     "cassandra_protocol_version": "SESSIONSTORE_CASSANDRA_PROTOCOL_VERSION",
     "cassandra_tls_ca_file": "SESSIONSTORE_CASSANDRA_TLS_CA_FILE",
+    "cassandra_allow_plaintext_credentials": "SESSIONSTORE_CASSANDRA_ALLOW_PLAINTEXT_CREDENTIALS",
     "mongodb_uri": "SESSIONSTORE_MONGODB_URI",
     "documentdb_database": "SESSIONSTORE_DOCUMENTDB_DATABASE",
     "documentdb_collection": "SESSIONSTORE_DOCUMENTDB_COLLECTION",
+    "documentdb_tls": "SESSIONSTORE_DOCUMENTDB_TLS",
     "documentdb_tls_ca_file": "SESSIONSTORE_DOCUMENTDB_TLS_CA_FILE",
     "tls_ca_file": "SESSIONSTORE_TLS_CA_FILE",
     "request_timeout": "SESSIONSTORE_REQUEST_TIMEOUT",
@@ -56,7 +58,10 @@ class ConnectionSettings(BaseModel):
     """Where the two stores and LaunchDarkly are. Unset values fail when a store needs them.
 
     ``tls_ca_file`` is the CA bundle of both stores unless ``cassandra_tls_ca_file`` or
-    ``documentdb_tls_ca_file`` says otherwise; a CA file turns TLS on.
+    ``documentdb_tls_ca_file`` says otherwise. DocumentDB uses TLS unless
+    ``documentdb_tls`` is False (the explicit plaintext opt-out); Cassandra uses TLS when
+    it has a CA file, and sends a username and password without TLS only with
+    ``cassandra_allow_plaintext_credentials``.
 
     >>> s = ConnectionSettings(mongodb_uri="mongodb://app:pw@db:27017/", documentdb_database="x")
     >>> "pw" in repr(s) or "pw" in s.describe(Store.DOCUMENTDB)
@@ -75,9 +80,11 @@ class ConnectionSettings(BaseModel):
     cassandra_consistency: str = "LOCAL_QUORUM"
     cassandra_protocol_version: int | None = None
     cassandra_tls_ca_file: Path | None = None
+    cassandra_allow_plaintext_credentials: bool = False
     mongodb_uri: SecretStr | None = None
     documentdb_database: str | None = None
     documentdb_collection: str = "sessions"
+    documentdb_tls: bool = True
     documentdb_tls_ca_file: Path | None = None
     tls_ca_file: Path | None = None
     #: Seconds a request, a connection attempt or a server selection may take; None keeps
@@ -130,6 +137,7 @@ class ConnectionSettings(BaseModel):
             "consistency": self.cassandra_consistency,
             "protocol_version": self.cassandra_protocol_version,
             "ssl_ca_file": self.cassandra_tls_ca_file or self.tls_ca_file,
+            "allow_plaintext_credentials": self.cassandra_allow_plaintext_credentials,
         }
         if self.request_timeout is not None:
             values.update(
@@ -143,6 +151,11 @@ class ConnectionSettings(BaseModel):
             return CassandraSettings(**values)
         except ValidationError as exc:
             raise _settings_error(exc, aliases=_CASSANDRA_FIELDS) from None
+        except ConfigurationError as exc:  # the credentials-need-TLS rule
+            raise ConfigurationError(
+                f"{exc} (SESSIONSTORE_CASSANDRA_TLS_CA_FILE or "
+                "SESSIONSTORE_CASSANDRA_ALLOW_PLAINTEXT_CREDENTIALS=true)"
+            ) from None
 
     def documentdb_settings(self, **overrides: Any) -> Any:
         """The ``DocumentDBSettings`` for ``DocumentDBBackend.connect`` (needs the extra)."""
@@ -157,12 +170,14 @@ class ConnectionSettings(BaseModel):
                 "DocumentDB database is not set (--documentdb-database or "
                 "SESSIONSTORE_DOCUMENTDB_DATABASE)"
             )
-        ca_file = self.documentdb_tls_ca_file or self.tls_ca_file
+        # The shared CA file is for a store that uses TLS; a DocumentDB-only one given
+        # with the plaintext opt-out is a contradiction that the settings report.
+        ca_file = self.documentdb_tls_ca_file or (self.tls_ca_file if self.documentdb_tls else None)
         values: dict[str, Any] = {
             "uri": self.mongodb_uri,
             "database": self.documentdb_database,
             "collection": self.documentdb_collection,
-            "tls": ca_file is not None,
+            "tls": self.documentdb_tls,
             "tls_ca_file": ca_file,
         }
         if self.request_timeout is not None:
@@ -173,7 +188,13 @@ class ConnectionSettings(BaseModel):
                 server_selection_timeout_ms=millis,
             )
         values.update(overrides)
-        settings: Any = DocumentDBSettings(**values)  # raises ConfigurationError itself
+        try:
+            settings: Any = DocumentDBSettings(**values)
+        except ConfigurationError as exc:
+            # The TLS rules name the tls=False opt-out: say what it is called here.
+            named = "tls=False" in str(exc)
+            hint = " (tls=False is SESSIONSTORE_DOCUMENTDB_TLS=false)" if named else ""
+            raise ConfigurationError(f"{exc}{hint}") from None
         return settings
 
     def backend(
@@ -200,13 +221,15 @@ class ConnectionSettings(BaseModel):
             extras = []
             if self.cassandra_tls_ca_file or self.tls_ca_file:
                 extras.append("TLS")
+            elif self.cassandra_allow_plaintext_credentials and self.cassandra_username:
+                extras.append("plaintext credentials")
             if self.cassandra_username:
                 extras.append(f"user {self.cassandra_username}")
             tail = f" ({', '.join(extras)})" if extras else ""
             table = f"{self.cassandra_keyspace or '?'}.{self.cassandra_table}"
             return f"cassandra {hosts}:{self.cassandra_port} table {table}{tail}"
         uri = mask_uri(self.mongodb_uri.get_secret_value()) if self.mongodb_uri else "?"
-        tls = " (TLS)" if (self.documentdb_tls_ca_file or self.tls_ca_file) else ""
+        tls = " (TLS)" if self.documentdb_tls else " (plaintext)"
         where = f"{self.documentdb_database or '?'}.{self.documentdb_collection}"
         return f"documentdb {uri} collection {where}{tls}"
 
@@ -243,6 +266,7 @@ _CASSANDRA_FIELDS = {
     "consistency": "cassandra_consistency",
     "protocol_version": "cassandra_protocol_version",
     "ssl_ca_file": "cassandra_tls_ca_file",
+    "allow_plaintext_credentials": "cassandra_allow_plaintext_credentials",
 }
 
 

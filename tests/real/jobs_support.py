@@ -56,6 +56,7 @@ class Names:
             "SESSIONSTORE_CASSANDRA_PROTOCOL_VERSION": "5",
             "SESSIONSTORE_CASSANDRA_CONSISTENCY": "ONE",
             "SESSIONSTORE_MONGODB_URI": MONGODB_URI,
+            "SESSIONSTORE_DOCUMENTDB_TLS": "false",  # the loopback FerretDB has no TLS
             "SESSIONSTORE_DOCUMENTDB_DATABASE": TEST_DATABASE,
             "SESSIONSTORE_DOCUMENTDB_COLLECTION": self.collection,
         }

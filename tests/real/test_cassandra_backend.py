@@ -12,6 +12,8 @@ import gc
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
@@ -397,6 +399,7 @@ async def test_unreachable_cluster_is_unavailable() -> None:
         connect_timeout=1.0,
         username="svc",
         password="hunter2-secret",
+        allow_plaintext_credentials=True,  # a loopback test port
     )
     backend = CassandraBackend.connect(settings)
     with pytest.raises(BackendUnavailableError) as info:
@@ -533,6 +536,7 @@ def test_settings_hide_the_password_and_validate() -> None:
         username="u",
         password="p4ss-w0rd",
         consistency="local_one",
+        allow_plaintext_credentials=True,
     )
     assert "p4ss-w0rd" not in repr(settings)
     assert "p4ss-w0rd" not in str(settings)
@@ -550,12 +554,28 @@ def test_settings_hide_the_password_and_validate() -> None:
             "keyspace": "ks",
             "username": "u",
             "password": "p4ss-w0rd",
+            "allow_plaintext_credentials": True,
         } | bad
         with pytest.raises(ValidationError) as info:
             CassandraSettings(**values)  # type: ignore[arg-type]
         assert "p4ss-w0rd" not in str(info.value)
     with pytest.raises(Exception, match="frozen"):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_credentials_without_tls_need_the_explicit_opt_in(tmp_path: Path) -> None:
+    base: dict[str, Any] = {"contact_points": ["a"], "keyspace": "ks"}
+    credentials = {"username": "svc", "password": "p4ss-w0rd"}
+    with pytest.raises(ConfigurationError, match="allow_plaintext_credentials") as info:
+        CassandraSettings(**base, **credentials)
+    assert "p4ss-w0rd" not in str(info.value) and "svc" not in str(info.value)
+    assert info.value.__context__ is None
+    opted_in = CassandraSettings(**base, **credentials, allow_plaintext_credentials=True)
+    assert opted_in.allow_plaintext_credentials
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert CassandraSettings(**base, **credentials, ssl_ca_file=ca).ssl_ca_file == ca
+    assert CassandraSettings(**base).username is None  # no credentials: no TLS needed
 
 
 def test_schema_cql_is_the_documented_schema() -> None:

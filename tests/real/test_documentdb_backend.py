@@ -635,8 +635,72 @@ def test_missing_ca_file_is_a_configuration_error(tmp_path: Path) -> None:
     ca = tmp_path / "global-bundle.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     assert _settings(tls=True, tls_ca_file=ca).tls_ca_file == ca
-    assert _settings(tls_ca_file=ca).uses_tls  # a CA bundle implies TLS
-    assert _settings(tls=True).uses_tls and not _settings().uses_tls
+    assert _settings(tls_ca_file=ca).uses_tls
+    assert _settings().uses_tls and not _settings(tls=False).uses_tls
+
+
+def test_tls_is_on_unless_tls_false_opts_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sessionstore.backends import documentdb
+
+    built: list[dict[str, Any]] = []
+
+    def capture(uri: str, **options: Any) -> object:
+        built.append(options)
+        return object()
+
+    monkeypatch.setattr(documentdb, "AsyncMongoClient", capture)
+    defaults = _settings()
+    assert defaults.tls is True
+    documentdb._make_client(defaults)
+    documentdb._make_client(_settings(tls=False))
+    assert [options["tls"] for options in built] == [True, False]
+
+
+@pytest.mark.parametrize(
+    "query", ["tls=false", "ssl=false", "TLS=False", "replicaSet=rs0;ssl=false", "tls=%66alse"]
+)
+def test_a_uri_that_turns_tls_off_needs_the_opt_out(query: str) -> None:
+    uri = f"mongodb://app:{PASSWORD}@127.0.0.1:27017/?{query}"
+    with pytest.raises(ConfigurationError, match="turns TLS off") as info:
+        _settings(uri=uri)
+    message = str(info.value)
+    assert PASSWORD not in message and "127.0.0.1" not in message and "tls=False" in message
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert _settings(uri=uri, tls=False).tls is False  # the explicit opt-out
+
+
+def test_tls_false_contradicting_the_uri_or_a_ca_file_is_refused(tmp_path: Path) -> None:
+    ca = tmp_path / "global-bundle.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(ConfigurationError, match="tls_ca_file"):
+        _settings(tls=False, tls_ca_file=ca)
+    with pytest.raises(ConfigurationError, match="turns TLS on") as info:
+        _settings(uri=f"mongodb://app:{PASSWORD}@h/?ssl=true", tls=False)
+    assert PASSWORD not in str(info.value)
+
+
+async def test_default_settings_speak_tls_to_the_plaintext_test_server() -> None:
+    # FerretDB here listens without TLS: with the defaults the client speaks TLS and
+    # never gets a usable server (no fallback to plaintext); the same settings with the
+    # opt-out connect.
+    def settings(**tls: bool) -> DocumentDBSettings:
+        return DocumentDBSettings(
+            uri=MONGODB_URI,
+            database=TEST_DATABASE,
+            collection=fresh_collection_name(),
+            server_selection_timeout_ms=1_000,
+            **tls,
+        )
+
+    store = DocumentDBBackend.connect(settings())
+    try:
+        with pytest.raises(BackendUnavailableError, match="no server available"):
+            await store.get(uuid.uuid4())
+    finally:
+        await store.aclose()
+    plaintext = DocumentDBBackend.connect(settings(tls=False))
+    async with plaintext:
+        assert await plaintext.get(uuid.uuid4()) is None
 
 
 async def test_a_ca_file_that_is_not_pem_fails_the_open(tmp_path: Path) -> None:
@@ -686,6 +750,7 @@ async def test_connect_owns_its_client_with_the_documented_options() -> None:
         database=TEST_DATABASE,
         collection=fresh_collection_name(),
         server_selection_timeout_ms=5_000,
+        tls=False,  # the loopback test server has no TLS listener
     )
     store = DocumentDBBackend.connect(settings)
     assert store.owns_client and store._client is None  # nothing connects before use
@@ -719,7 +784,7 @@ async def test_concurrent_first_calls_open_one_client(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(documentdb, "_make_client", counting_make_client)
     settings = DocumentDBSettings(
-        uri=MONGODB_URI, database=TEST_DATABASE, collection=fresh_collection_name()
+        uri=MONGODB_URI, database=TEST_DATABASE, collection=fresh_collection_name(), tls=False
     )
     store = DocumentDBBackend.connect(settings)  # opening awaits the index creation
     try:

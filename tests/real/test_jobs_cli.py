@@ -299,11 +299,19 @@ def test_rehearse_on_the_real_servers(
         "SESSIONSTORE_CASSANDRA_PROTOCOL_VERSION": "5",
         "SESSIONSTORE_MONGODB_URI": MONGODB_URI,
         "SESSIONSTORE_DOCUMENTDB_DATABASE": TEST_DATABASE,
+        "SESSIONSTORE_DOCUMENTDB_TLS": "false",  # the loopback FerretDB has no TLS listener
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     argv = ["rehearse", "--real", "--keys", "40", "--ops-per-phase", "60"]
     argv += ["--history", "60", "--parts", "4", "--json"]
+    with monkeypatch.context() as m:
+        # The scratch stores follow the backends' rules: no plaintext credentials.
+        m.setenv("SESSIONSTORE_CASSANDRA_USERNAME", "svc")
+        m.setenv("SESSIONSTORE_CASSANDRA_PASSWORD", SECRET)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "SESSIONSTORE_CASSANDRA_ALLOW_PLAINTEXT_CREDENTIALS" in err and SECRET not in err
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True

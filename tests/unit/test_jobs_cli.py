@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ldclient.client import LDClient
+from ldclient.config import Config
 
 from sessionstore import (
     BackendRejectedError,
     InMemoryBackend,
+    LaunchDarklyPhaseSource,
     Phase,
     SqliteRepairQueue,
     StoredRecord,
@@ -28,7 +31,12 @@ from sessionstore.jobs import SqliteCheckpointStore, WorkUnit
 from sessionstore.jobs.settings import ConnectionSettings
 from sessionstore.phases import Store
 from sessionstore.revision import wall_clock_us
-from sessionstore.testing import Call, FaultInjectingBackend, launchdarkly_test_client
+from sessionstore.testing import (
+    Call,
+    FaultInjectingBackend,
+    launchdarkly_test_client,
+    set_launchdarkly_phase,
+)
 from tests.helpers import make_session
 
 SECRET = "hunter2-s3cret"
@@ -582,6 +590,30 @@ def _queue(path: Path, ids: list[uuid.UUID]) -> None:
     asyncio.run(go())
 
 
+def test_plaintext_opt_out_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from sessionstore.cli import _common as common
+
+    for name in (
+        "SESSIONSTORE_DOCUMENTDB_TLS",
+        "SESSIONSTORE_CASSANDRA_ALLOW_PLAINTEXT_CREDENTIALS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    parser = argparse.ArgumentParser()
+    common.add_connection_flags(parser)
+    defaults = common.connection_settings(parser.parse_args([]))
+    assert defaults.documentdb_tls is True
+    assert defaults.cassandra_allow_plaintext_credentials is False
+    flags = ["--documentdb-no-tls", "--cassandra-allow-plaintext-credentials"]
+    opted_out = common.connection_settings(parser.parse_args(flags))
+    assert opted_out.documentdb_tls is False
+    assert opted_out.cassandra_allow_plaintext_credentials is True
+
+
+CONTEXT_SECRET = "fleet-wide-context-secret"
+
+
 def test_phase_table_and_session_phases(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -589,21 +621,73 @@ def test_phase_table_and_session_phases(
     table = capsys.readouterr().out
     assert all(p.name in table and p.value in table for p in Phase)
 
-    client, _ = launchdarkly_test_client("session-store-migration", Phase.DOCDB_PRIMARY)
+    # The service's source: sid targeted by the context key it sends; everyone else SHADOW.
+    client, td = launchdarkly_test_client("session-store-migration", Phase.SHADOW)
+    service = LaunchDarklyPhaseSource(
+        client, flag_key="session-store-migration", context_key_secret=CONTEXT_SECRET
+    )
+    sid, other_sid = uuid.uuid4(), uuid.uuid4()
+    set_launchdarkly_phase(td, Phase.SHADOW, targets={sid: Phase.DOCDB_PRIMARY}, source=service)
     monkeypatch.setattr(cli_phase, "make_ld_client", lambda key, timeout: client)
     monkeypatch.setenv("LAUNCHDARKLY_SDK_KEY", SECRET)
-    sid = uuid.uuid4()
-    assert main(["phase", str(sid), "--json"]) == 0
+    monkeypatch.setenv("SESSIONSTORE_LAUNCHDARKLY_CONTEXT_SECRET", CONTEXT_SECRET)
+    assert main(["phase", str(sid), str(other_sid), "--json"]) == 0
     data = _json(capsys)
     assert data["sessions"] == [
-        {"session_id": str(sid), "phase": "DOCDB_PRIMARY", "stage": "live", "fallback": False}
+        {
+            "session_id": str(sid),
+            "phase": "DOCDB_PRIMARY",
+            "stage": "live",
+            "context_key": service.context_key(sid),
+            "fallback": False,
+        },
+        {
+            "session_id": str(other_sid),
+            "phase": "SHADOW",
+            "stage": "shadow",
+            "context_key": service.context_key(other_sid),
+            "fallback": False,
+        },
     ]
 
     other, _ = launchdarkly_test_client("another-flag", Phase.SHADOW)
     monkeypatch.setattr(cli_phase, "make_ld_client", lambda key, timeout: other)
     assert main(["phase", str(sid), "--default-phase", "DUAL_WRITE"]) == 0
     out = capsys.readouterr().out
-    assert "DUAL_WRITE" in out and "default phase" in out and SECRET not in out
+    assert "DUAL_WRITE" in out and "default phase" in out
+    assert SECRET not in out and CONTEXT_SECRET not in out
+
+
+def test_phase_with_the_secret_from_a_file_or_raw_ids(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    client, td = launchdarkly_test_client("session-store-migration", Phase.DUAL_WRITE)
+    # Each command closes its client: a new one per run, on the same flag data.
+    config = Config("test-sdk-key", update_processor_class=td, send_events=False)
+    monkeypatch.setattr(cli_phase, "make_ld_client", lambda key, timeout: LDClient(config))
+    monkeypatch.setenv("LAUNCHDARKLY_SDK_KEY", SECRET)
+    monkeypatch.delenv("SESSIONSTORE_LAUNCHDARKLY_CONTEXT_SECRET", raising=False)
+    sid = uuid.uuid4()
+
+    secret_file = tmp_path / "context-secret"
+    secret_file.write_text(CONTEXT_SECRET + "\n", encoding="utf-8")
+    assert main(["phase", str(sid), "--context-secret-file", str(secret_file), "--json"]) == 0
+    (hashed,) = _json(capsys)["sessions"]
+    service = LaunchDarklyPhaseSource(
+        client, flag_key="session-store-migration", context_key_secret=CONTEXT_SECRET
+    )
+    assert hashed["context_key"] == service.context_key(sid)
+
+    # A service that opted into raw ids: the same opt-in, by flag or by variable.
+    raw = LaunchDarklyPhaseSource(client, flag_key="session-store-migration", raw_session_ids=True)
+    set_launchdarkly_phase(td, Phase.DUAL_WRITE, targets={sid: Phase.RAMPDOWN}, source=raw)
+    assert main(["phase", str(sid), "--raw-session-ids", "--json"]) == 0
+    assert _json(capsys)["sessions"][0]["phase"] == "RAMPDOWN"
+    monkeypatch.setenv("SESSIONSTORE_LAUNCHDARKLY_RAW_SESSION_IDS", "true")
+    assert main(["phase", str(sid), "--json"]) == 0
+    (by_id,) = _json(capsys)["sessions"]
+    assert (by_id["phase"], by_id["context_key"]) == ("RAMPDOWN", str(sid))
+    client.close()
 
 
 def test_phase_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -619,11 +703,33 @@ def test_phase_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
         def close(self) -> None:
             pass
 
+    built: list[str] = []
+
+    def make(key: str, timeout: float) -> Offline:
+        built.append(key)
+        return Offline()
+
     monkeypatch.setenv("LAUNCHDARKLY_SDK_KEY", SECRET)
-    monkeypatch.setattr(cli_phase, "make_ld_client", lambda key, timeout: Offline())
+    monkeypatch.setattr(cli_phase, "make_ld_client", make)
+    # The context keying is checked before LaunchDarkly is contacted.
+    monkeypatch.delenv("SESSIONSTORE_LAUNCHDARKLY_CONTEXT_SECRET", raising=False)
+    monkeypatch.delenv("SESSIONSTORE_LAUNCHDARKLY_RAW_SESSION_IDS", raising=False)
+    assert main(["phase", str(uuid.uuid4())]) == 2
+    assert "SESSIONSTORE_LAUNCHDARKLY_CONTEXT_SECRET" in capsys.readouterr().err
+    monkeypatch.setenv("SESSIONSTORE_LAUNCHDARKLY_CONTEXT_SECRET", "short-s3cret")
+    assert main(["phase", str(uuid.uuid4())]) == 2
+    err = capsys.readouterr().err
+    assert "at least 16 bytes" in err and "short-s3cret" not in err
+    monkeypatch.setenv("SESSIONSTORE_LAUNCHDARKLY_RAW_SESSION_IDS", "maybe")
+    assert main(["phase", str(uuid.uuid4())]) == 2
+    assert "SESSIONSTORE_LAUNCHDARKLY_RAW_SESSION_IDS" in capsys.readouterr().err
+    assert built == []
+
+    monkeypatch.delenv("SESSIONSTORE_LAUNCHDARKLY_RAW_SESSION_IDS")
+    monkeypatch.setenv("SESSIONSTORE_LAUNCHDARKLY_CONTEXT_SECRET", CONTEXT_SECRET)
     assert main(["phase", str(uuid.uuid4()), "--timeout", "0.1"]) == 3
     err = capsys.readouterr().err
-    assert "did not initialize" in err and SECRET not in err
+    assert "did not initialize" in err and SECRET not in err and CONTEXT_SECRET not in err
 
 
 def test_cli_rehearse_reports_the_backfill_and_verifications(

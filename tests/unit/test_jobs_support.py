@@ -215,8 +215,11 @@ async def test_concurrent_acquirers_share_one_bucket() -> None:
 SECRET = "hunter2-s3cret"
 
 
-def test_settings_from_environment_and_flags() -> None:
+def test_settings_from_environment_and_flags(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
     env = {
+        "SESSIONSTORE_TLS_CA_FILE": str(ca),
         "SESSIONSTORE_CASSANDRA_HOSTS": "10.0.0.1, 10.0.0.2",
         "SESSIONSTORE_CASSANDRA_PORT": "9142",
         "SESSIONSTORE_CASSANDRA_KEYSPACE": "exams",
@@ -233,8 +236,11 @@ def test_settings_from_environment_and_flags() -> None:
     cassandra = settings.cassandra_settings()
     assert cassandra.keyspace == "exams"
     assert cassandra.password.get_secret_value() == SECRET
+    assert cassandra.ssl_ca_file == ca
     documentdb = settings.documentdb_settings()
     assert documentdb.database == "assessments"
+    assert documentdb.tls and documentdb.tls_ca_file == ca
+    assert "(TLS)" in settings.describe(Store.DOCUMENTDB)
     shown = repr(settings) + str(settings) + settings.describe(Store.CASSANDRA)
     shown += settings.describe(Store.DOCUMENTDB) + repr(cassandra) + repr(documentdb)
     assert SECRET not in shown
@@ -260,6 +266,59 @@ def test_settings_errors_name_the_variable_never_the_value() -> None:
         ConnectionSettings.from_env(
             {"SESSIONSTORE_CASSANDRA_KEYSPACE": "no-dashes"}
         ).cassandra_settings()
+
+
+def test_plaintext_needs_an_explicit_opt_out_in_the_environment_or_flags() -> None:
+    env = {
+        "SESSIONSTORE_CASSANDRA_KEYSPACE": "exams",
+        "SESSIONSTORE_CASSANDRA_USERNAME": "svc",
+        "SESSIONSTORE_CASSANDRA_PASSWORD": SECRET,
+        "SESSIONSTORE_MONGODB_URI": f"mongodb://app:{SECRET}@127.0.0.1:27117/?tls=false",
+        "SESSIONSTORE_DOCUMENTDB_DATABASE": "assessments",
+    }
+    settings = ConnectionSettings.from_env(env)
+    with pytest.raises(
+        ConfigurationError, match="SESSIONSTORE_CASSANDRA_ALLOW_PLAINTEXT_CREDENTIALS"
+    ) as cassandra_error:
+        settings.cassandra_settings()
+    with pytest.raises(ConfigurationError, match="SESSIONSTORE_DOCUMENTDB_TLS") as documentdb_error:
+        settings.documentdb_settings()
+    for error in (cassandra_error.value, documentdb_error.value):
+        assert SECRET not in str(error) and "127.0.0.1" not in str(error)
+
+    opted_out = {
+        **env,
+        "SESSIONSTORE_CASSANDRA_ALLOW_PLAINTEXT_CREDENTIALS": "true",
+        "SESSIONSTORE_DOCUMENTDB_TLS": "false",
+    }
+    for settings in (
+        ConnectionSettings.from_env(opted_out),
+        ConnectionSettings.from_env(
+            env, cassandra_allow_plaintext_credentials=True, documentdb_tls=False
+        ),
+    ):
+        assert settings.cassandra_settings().allow_plaintext_credentials
+        assert settings.documentdb_settings().tls is False
+        assert "(plaintext)" in settings.describe(Store.DOCUMENTDB)
+        assert "plaintext credentials" in settings.describe(Store.CASSANDRA)
+    with pytest.raises(ConfigurationError, match="SESSIONSTORE_DOCUMENTDB_TLS"):
+        ConnectionSettings.from_env({**env, "SESSIONSTORE_DOCUMENTDB_TLS": "maybe"})
+
+
+def test_the_shared_ca_file_does_not_contradict_the_documentdb_opt_out(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {
+        "SESSIONSTORE_TLS_CA_FILE": str(ca),
+        "SESSIONSTORE_DOCUMENTDB_TLS": "false",
+        "SESSIONSTORE_MONGODB_URI": "mongodb://127.0.0.1:27117/",
+        "SESSIONSTORE_DOCUMENTDB_DATABASE": "assessments",
+    }
+    documentdb = ConnectionSettings.from_env(env).documentdb_settings()
+    assert (documentdb.tls, documentdb.tls_ca_file) == (False, None)
+    own_ca = {**env, "SESSIONSTORE_DOCUMENTDB_TLS_CA_FILE": str(ca)}
+    with pytest.raises(ConfigurationError, match="tls_ca_file"):
+        ConnectionSettings.from_env(own_ca).documentdb_settings()
 
 
 def test_a_missing_ca_file_is_a_configuration_error(tmp_path: Path) -> None:
