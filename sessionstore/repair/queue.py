@@ -22,10 +22,11 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -93,8 +94,13 @@ class RepairQueue(Protocol):
         """Queue ``session_id``; a session queued (or dead) already is queued again."""
         ...
 
-    async def claim(self, limit: int, *, lease_seconds: float = 60.0) -> list[RepairTask]:
-        """Lease up to ``limit`` ready tasks for ``lease_seconds``."""
+    async def claim(
+        self, limit: int, *, lease_seconds: float = 60.0, wait_seconds: float = 0.0
+    ) -> list[RepairTask]:
+        """Lease up to ``limit`` ready tasks for ``lease_seconds``.
+
+        With none ready, wait up to ``wait_seconds`` for one (a long poll).
+        """
         ...
 
     async def ack(self, task: RepairTask) -> None:
@@ -141,6 +147,23 @@ class RepairQueue(Protocol):
     ) -> None: ...
 
 
+#: Seconds between polls of a queue that cannot block until a task is ready.
+POLL_SECONDS = 0.2
+
+
+async def poll(
+    lease: Callable[[], Awaitable[list[RepairTask]]], wait_seconds: float
+) -> list[RepairTask]:
+    """Call ``lease`` until it returns tasks or ``wait_seconds`` have passed."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        tasks = await lease()
+        remaining = deadline - time.monotonic()
+        if tasks or remaining <= 0:
+            return tasks
+        await asyncio.sleep(min(POLL_SECONDS, remaining))
+
+
 @dataclasses.dataclass(slots=True)
 class _Entry:
     reason: str
@@ -177,8 +200,13 @@ class InMemoryRepairQueue(LifecycleMixin):
         if entry.dead is not None:
             entry.reason, entry.attempts, entry.dead = reason, 0, None
 
-    async def claim(self, limit: int, *, lease_seconds: float = 60.0) -> list[RepairTask]:
-        """Lease up to ``limit`` ready tasks, oldest first."""
+    async def claim(
+        self, limit: int, *, lease_seconds: float = 60.0, wait_seconds: float = 0.0
+    ) -> list[RepairTask]:
+        """Lease up to ``limit`` ready tasks, oldest first (polling up to ``wait_seconds``)."""
+        return await poll(lambda: self._lease(limit, lease_seconds), wait_seconds)
+
+    async def _lease(self, limit: int, lease_seconds: float) -> list[RepairTask]:
         await self._ensure_open()
         now = time.time()
         ready = sorted(

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 from sessionstore._errors import RepairQueueError
 from sessionstore._sqlite import SqliteFile
-from sessionstore.repair.queue import DeadLetter, QueueStats, RepairTask
+from sessionstore.repair.queue import DeadLetter, QueueStats, RepairTask, poll
 
 __all__ = ["SqliteRepairQueue"]
 
@@ -109,8 +109,10 @@ class SqliteRepairQueue(SqliteFile):
 
         self._pending += await self._run(write)
 
-    async def claim(self, limit: int, *, lease_seconds: float = 60.0) -> list[RepairTask]:
-        """Lease up to ``limit`` ready tasks, oldest first."""
+    async def claim(
+        self, limit: int, *, lease_seconds: float = 60.0, wait_seconds: float = 0.0
+    ) -> list[RepairTask]:
+        """Lease up to ``limit`` ready tasks, oldest first (polling up to ``wait_seconds``)."""
 
         def lease() -> list[RepairTask]:
             db = self._db()
@@ -128,7 +130,7 @@ class SqliteRepairQueue(SqliteFile):
                 )
             return [RepairTask(uuid.UUID(r[0]), r[1], r[3], str(r[2])) for r in rows]
 
-        return await self._run(lease)
+        return await poll(lambda: self._run(lease), wait_seconds)
 
     async def ack(self, task: RepairTask) -> None:
         """Remove the task unless the session was re-queued after the claim."""

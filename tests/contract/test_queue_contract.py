@@ -158,3 +158,21 @@ async def test_a_closed_queue_refuses_calls(repair_queue: QueueHandle) -> None:
     await queue.aclose()
     with pytest.raises(RepositoryClosedError):
         await queue.enqueue(uuid.uuid4(), "x")
+
+
+async def test_a_waiting_claim_returns_as_soon_as_a_task_is_queued(
+    repair_queue: QueueHandle,
+) -> None:
+    queue = repair_queue.queue
+    sid = uuid.uuid4()
+    assert await queue.claim(1, wait_seconds=repair_queue.short_lease) == []
+
+    async def enqueue_later() -> None:
+        await asyncio.sleep(repair_queue.short_lease)
+        await queue.enqueue(sid, "x")
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    _, tasks = await asyncio.gather(enqueue_later(), queue.claim(1, wait_seconds=30))
+    assert [t.session_id for t in tasks] == [sid]
+    assert loop.time() - started < 10  # long before the 30 s the claim was allowed
