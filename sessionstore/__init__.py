@@ -23,6 +23,7 @@ from sessionstore.backends import (
     WriteResult,
 )
 from sessionstore.divergence import Divergence, DivergenceKind, compare_records
+from sessionstore.health import HealthReport, StoreHealth
 from sessionstore.model import (
     MAX_ENCODED_SIZE,
     Answer,
@@ -50,6 +51,13 @@ from sessionstore.repair import (
     SqliteRepairQueue,
 )
 from sessionstore.repository import RepositoryState, SessionRepository, ShadowRead
+from sessionstore.resilience import (
+    BreakerPolicy,
+    BreakerState,
+    CircuitBreaker,
+    CircuitOpenError,
+    Timeouts,
+)
 from sessionstore.revision import HybridClock, Revision
 
 __all__ = [
@@ -61,11 +69,16 @@ __all__ = [
     "BackendRejectedError",
     "BackendTimeoutError",
     "BackendUnavailableError",
+    "BreakerPolicy",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ConfigurationError",
     "ConflictError",
     "DeadLetter",
     "Divergence",
     "DivergenceKind",
+    "HealthReport",
     "HybridClock",
     "InMemoryBackend",
     "InMemoryRepairQueue",
@@ -96,8 +109,10 @@ __all__ = [
     "SqliteRepairQueue",
     "StaticPhaseSource",
     "Store",
+    "StoreHealth",
     "StoredRecord",
     "StudentSession",
+    "Timeouts",
     "WriteResult",
     "compare_records",
 ]

@@ -18,6 +18,13 @@ name                                       kind       attributes
 ``sessionstore.phase.fallbacks``           counter    sessionstore.reason
 ``sessionstore.phase.evaluation.duration`` histogram  (none), seconds
 ``sessionstore.repair.queue.depth``        gauge      (none)
+``sessionstore.read.fallbacks``            counter    sessionstore.store (the failed one),
+                                                      error.type
+``sessionstore.secondary.skipped``         counter    sessionstore.store, db.operation.name
+``sessionstore.comparisons.skipped``       counter    sessionstore.phase, sessionstore.reason
+``sessionstore.breaker.transitions``       counter    sessionstore.store, sessionstore.state
+``sessionstore.breaker.state``             gauge      sessionstore.store; 0 closed, 1 open,
+                                                      2 probing
 =========================================  =========  ======================================
 """
 
@@ -46,6 +53,10 @@ class RepositoryStats:
     repairs_enqueued: int = 0
     repairs_completed: int = 0
     phase_fallbacks: int = 0
+    read_fallbacks: int = 0
+    secondary_skipped: int = 0
+    comparisons_skipped: int = 0
+    breaker_transitions: int = 0
 
 
 class Telemetry:
@@ -88,6 +99,27 @@ class Telemetry:
             "sessionstore.phase.fallbacks",
             description="Phase evaluations that fell back to the default phase",
         )
+        self._read_fallbacks = meter.create_counter(
+            "sessionstore.read.fallbacks",
+            description="Reads answered by the other store because the authoritative one failed",
+        )
+        self._secondary_skipped = meter.create_counter(
+            "sessionstore.secondary.skipped",
+            description="Secondary writes not sent because the store's breaker was open",
+        )
+        self._comparisons_skipped = meter.create_counter(
+            "sessionstore.comparisons.skipped",
+            description="Reads of a compare phase that were not compared",
+        )
+        self._transitions = meter.create_counter(
+            "sessionstore.breaker.transitions", description="Circuit breaker state changes"
+        )
+        meter.create_observable_gauge(
+            "sessionstore.breaker.state",
+            callbacks=[self._observe_breakers],
+            description="Circuit breaker state per store: 0 closed, 1 open, 2 probing",
+        )
+        self._breaker_sources: list[Callable[[], dict[str, str]]] = []
         self.stats = RepositoryStats()
         self._depth_sources: list[Callable[[], int]] = []
         meter.create_observable_gauge(
@@ -98,6 +130,42 @@ class Telemetry:
 
     def _observe_depth(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(source()) for source in self._depth_sources]
+
+    def _observe_breakers(self, options: CallbackOptions) -> Iterable[Observation]:
+        codes = {"closed": 0, "open": 1, "probing": 2}
+        return [
+            Observation(codes.get(state, -1), {"sessionstore.store": store})
+            for source in self._breaker_sources
+            for store, state in source().items()
+        ]
+
+    def watch_breakers(self, source: Callable[[], dict[str, str]]) -> None:
+        """Report ``source()`` (store name -> breaker state, no I/O) as the breaker gauge."""
+        self._breaker_sources.append(source)
+
+    def breaker_changed(self, store: str, state: str) -> None:
+        """Count a circuit breaker's change of state."""
+        self.stats.breaker_transitions += 1
+        self._transitions.add(1, {"sessionstore.store": store, "sessionstore.state": state})
+
+    def read_fallback(self, store: str, error: str) -> None:
+        """Count a read answered by the other store because ``store`` failed."""
+        self.stats.read_fallbacks += 1
+        self._read_fallbacks.add(1, {"sessionstore.store": store, "error.type": error})
+
+    def secondary_skipped(self, store: str, operation: str) -> None:
+        """Count a secondary write not sent (breaker open); the session is queued."""
+        self.stats.secondary_skipped += 1
+        self._secondary_skipped.add(
+            1, {"sessionstore.store": store, "db.operation.name": operation}
+        )
+
+    def comparison_skipped(self, phase: str, reason: str) -> None:
+        """Count a read of a compare phase that was not compared, and why."""
+        self.stats.comparisons_skipped += 1
+        self._comparisons_skipped.add(
+            1, {"sessionstore.phase": phase, "sessionstore.reason": reason}
+        )
 
     def watch_queue_depth(self, source: Callable[[], int]) -> None:
         """Report ``source()`` (a cheap, non-blocking read) as the queue depth gauge."""

@@ -64,11 +64,20 @@ class Phase(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PhasePlan:
-    """What a phase does: writes in order (first is authoritative), read source, compare."""
+    """What a phase does: writes in order (first is authoritative), read source, compare.
+
+    ``fallback``: a failed authoritative read may be answered by the other store. Only
+    where the runbook has proved the other store complete before entering the phase
+    (verify after the backfill for SHADOW; Cassandra was authoritative, or the reverse
+    backfill was verified, before DOCDB_PRIMARY). Not in DUAL_WRITE (DocumentDB may
+    still lack the history) nor RAMPDOWN (entered back from DOCDB_ONLY, Cassandra lacks
+    that phase's writes until the reverse backfill).
+    """
 
     writes: tuple[Store, ...]
     read: Store
     compare: bool
+    fallback: bool = False
 
     @property
     def authoritative(self) -> Store:
@@ -87,8 +96,8 @@ _C, _D = Store.CASSANDRA, Store.DOCUMENTDB
 PHASE_PLANS: dict[Phase, PhasePlan] = {
     Phase.CASSANDRA_ONLY: PhasePlan(writes=(_C,), read=_C, compare=False),
     Phase.DUAL_WRITE: PhasePlan(writes=(_C, _D), read=_C, compare=False),
-    Phase.SHADOW: PhasePlan(writes=(_C, _D), read=_C, compare=True),
-    Phase.DOCDB_PRIMARY: PhasePlan(writes=(_D, _C), read=_D, compare=True),
+    Phase.SHADOW: PhasePlan(writes=(_C, _D), read=_C, compare=True, fallback=True),
+    Phase.DOCDB_PRIMARY: PhasePlan(writes=(_D, _C), read=_D, compare=True, fallback=True),
     Phase.RAMPDOWN: PhasePlan(writes=(_D, _C), read=_D, compare=False),
     Phase.DOCDB_ONLY: PhasePlan(writes=(_D,), read=_D, compare=False),
 }

@@ -37,7 +37,7 @@ import time
 import uuid
 from pathlib import Path
 
-from sessionstore._errors import ConflictError
+from sessionstore._errors import BackendError, ConflictError
 from sessionstore.backends.base import SessionBackend
 from sessionstore.backends.memory import InMemoryBackend
 from sessionstore.jobs.backfill import BackfillJob
@@ -51,6 +51,7 @@ from sessionstore.phases import PHASE_PLANS, Phase, StaticPhaseSource
 from sessionstore.repair.sqlite import SqliteRepairQueue
 from sessionstore.repair.worker import RepairWorker
 from sessionstore.repository import SessionRepository
+from sessionstore.resilience import BreakerPolicy
 from sessionstore.revision import HybridClock
 from sessionstore.testing import FaultInjectingBackend, KeySerializingBackend
 
@@ -90,6 +91,8 @@ class PhaseStats:
     operations: int = 0
     #: Writes refused with ConflictError: a concurrent writer's newer revision won.
     conflicts: int = 0
+    #: Calls that failed: the authoritative store failed or its breaker was open.
+    failed: int = 0
     latencies: list[float] = dataclasses.field(default_factory=list)
 
     def percentile(self, q: float) -> float:
@@ -179,6 +182,9 @@ class _Traffic:
         except ConflictError:
             # Another writer's newer revision was stored first: not acknowledged.
             stats.conflicts += 1
+        except BackendError:
+            # The authoritative store failed (or its breaker is open): not acknowledged.
+            stats.failed += 1
         stats.latencies.append(time.perf_counter() - start)
         stats.operations += 1
 
@@ -234,6 +240,8 @@ class _Rehearsal:
             phases=self.phases,
             repairs=self.queue,
             rng=random.Random(config.seed),
+            # The injected faults open breakers; probe again soon, as time runs fast here.
+            breaker=BreakerPolicy(open_seconds=0.05),
         )
         self.report = RehearsalReport(phases=[])
         self.fault_rng = random.Random(config.seed + 1)

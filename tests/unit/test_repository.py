@@ -21,6 +21,7 @@ from sessionstore import (
     ShadowRead,
     StaticPhaseSource,
     StoredRecord,
+    Timeouts,
 )
 from sessionstore.testing import memory_repository
 from tests.helpers import make_session
@@ -66,7 +67,7 @@ async def test_a_hung_shadow_store_is_abandoned_after_the_timeout() -> None:
         documentdb=docdb,
         phases=StaticPhaseSource(Phase.SHADOW),
         repairs=queue,
-        shadow_timeout=0.05,
+        timeouts=Timeouts(shadow_read=0.05),
     )
     async with repo:
         saved = await repo.save(make_session())
@@ -159,7 +160,12 @@ async def test_when_the_shadow_read_starts(
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"compare_sample_ratio": 1.5}, {"shadow_timeout": 0}, {"shadow_read": "after_primary"}],
+    [
+        {"compare_sample_ratio": 1.5},
+        {"shadow_read": "after_primary"},
+        {"max_comparisons": -1},
+        {"timeouts": "fast"},
+    ],
 )
 def test_bad_options_are_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
