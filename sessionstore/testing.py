@@ -227,7 +227,11 @@ class FaultInjectingBackend(_WrappingBackend):
             if event is not None:
                 await event.wait()
         await self._fire(operation, after=False)
+        # A real store call suspends the caller; so does this one, before and after, so
+        # that a test cancelling the caller after n loop steps reaches every await point.
+        await asyncio.sleep(0)
         result = await call()
+        await asyncio.sleep(0)
         await self._fire(operation, after=True)
         return result
 
