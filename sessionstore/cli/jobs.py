@@ -440,8 +440,8 @@ def format_report(report: JobReport) -> str:
             ("records read", "records"),
         ]
     elif report.action is JobAction.PURGE:
-        lines.append(_purge_options(report.options))
-        counted = _PURGE_LINES
+        lines += _purge_options(report.options)
+        counted = _purge_lines(dry_run=bool(report.options.get("dry_run")))
     else:
         options = report.options
         lines.append(
@@ -495,25 +495,26 @@ def _stores(report: JobReport) -> str:
     return f"{report.source} and {report.target}"
 
 
-_PURGE_LINES = [
-    ("records scanned", "records"),
-    ("tombstones seen", "tombstones"),
-    ("purged", "purged"),
-    ("too young, kept", "too_young"),
-    ("re-created in the other store, kept", "recreated"),
-    ("live at the same revision elsewhere, kept", "conflicts"),
-    ("stale live copies removed", "stale_copies_removed"),
-]
+def _purge_lines(*, dry_run: bool) -> list[tuple[str, str]]:
+    would = "would be " if dry_run else ""
+    return [
+        ("records scanned", "records"),
+        ("tombstones seen", "tombstones"),
+        (f"tombstones {would}purged", "purged"),
+        ("too young, kept", "too_young"),
+        ("re-created in the other store, kept", "recreated"),
+        ("live at the same revision elsewhere, kept", "conflicts"),
+        (f"stale live copies {would}removed", "stale_copies_removed"),
+    ]
 
 
-def _purge_options(options: dict[str, Any]) -> str:
-    days = options.get("older_than_days", 0.0)
-    text = f"tombstones older than {days:g} days"
+def _purge_options(options: dict[str, Any]) -> list[str]:
+    lines = [f"tombstones older than {options.get('older_than_days', 0.0):g} days"]
     if options.get("other_store_retired"):
-        text += "; the other store is retired: purged from the scanned store alone"
+        lines.append("the other store is retired: purged from the scanned store alone")
     if options.get("dry_run"):
-        text += "; DRY RUN: counts what would be purged, nothing was written"
-    return text
+        lines.append("DRY RUN: counts what would be purged; nothing was written")
+    return lines
 
 
 def _run_line(report: JobReport) -> str:
