@@ -20,7 +20,7 @@ from sessionstore.cli import runs
 from sessionstore.cli._common import CommandError
 from sessionstore.cli.progress import ProgressBar
 from sessionstore.jobs.backfill import BackfillJob
-from sessionstore.jobs.checkpoint import SqliteCheckpointStore
+from sessionstore.jobs.checkpoint import CheckpointStore, SqliteCheckpointStore
 from sessionstore.jobs.engine import DEFAULT_PAGE_BYTES, JobReport
 from sessionstore.jobs.settings import ConnectionSettings
 from sessionstore.jobs.throttle import RetryPolicy
@@ -39,7 +39,14 @@ from sessionstore.jobs.units import (
 from sessionstore.jobs.verify import VerifyJob
 from sessionstore.phases import Store
 
-__all__ = ["add_parsers", "command", "make_backend"]
+__all__ = [
+    "add_parsers",
+    "add_run_flags",
+    "command",
+    "format_report",
+    "job_options",
+    "make_backend",
+]
 
 DEFAULT_CHECKPOINT = "sessionstore-checkpoints.db"
 
@@ -110,6 +117,22 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     )
     what.add_argument("--batch", type=common.positive_int, default=500, help="ids per unit")
     what.add_argument("--shard", metavar="i/N", help="run only shard i of N (0-based; needs --job)")
+    run = add_run_flags(parser)
+    run.add_argument(
+        "--print-units", action="store_true", help="print the units as JSON lines and exit"
+    )
+    run.add_argument(
+        "--dry-run", action="store_true", help="check inputs and stores, write nothing"
+    )
+    run.add_argument(
+        "--allow-empty-source", action="store_true", help="run even if the source is empty"
+    )
+    common.add_output_flags(parser)
+    common.add_connection_flags(parser)
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The job, checkpoint and throttling flags of every job command; returns their group."""
     run = parser.add_argument_group("jobs, checkpoints and throttling")
     run.add_argument(
         "--job",
@@ -151,17 +174,7 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--retries", type=common.positive_int, default=6, help="attempts per request (6)"
     )
-    run.add_argument(
-        "--print-units", action="store_true", help="print the units as JSON lines and exit"
-    )
-    run.add_argument(
-        "--dry-run", action="store_true", help="check inputs and stores, write nothing"
-    )
-    run.add_argument(
-        "--allow-empty-source", action="store_true", help="run even if the source is empty"
-    )
-    common.add_output_flags(parser)
-    common.add_connection_flags(parser)
+    return run
 
 
 def command(args: argparse.Namespace) -> int:
@@ -217,18 +230,7 @@ def _build_job(
     checkpoints: SqliteCheckpointStore,
     progress: ProgressBar,
 ) -> BackfillJob | VerifyJob:
-    options: dict[str, Any] = {
-        "name": name,
-        "checkpoints": checkpoints,
-        "concurrency": args.concurrency,
-        "rate": args.rate,
-        "page_size": args.page_size,
-        "page_bytes": args.page_mb * 1024 * 1024,
-        "max_in_flight": args.max_in_flight,
-        "retry": RetryPolicy(attempts=args.retries),
-        "source_store": args.source,
-        "progress": progress,
-    }
+    options = job_options(args, name=name, checkpoints=checkpoints, progress=progress)
     if action is JobAction.BACKFILL:
         return BackfillJob(source, target, **options)
     return VerifyJob(
@@ -319,6 +321,24 @@ async def _run(args: argparse.Namespace) -> int:
     return common.EXIT_OK if report.ok(strict=strict) else common.EXIT_FAILED
 
 
+def job_options(
+    args: argparse.Namespace, *, name: str, checkpoints: CheckpointStore, progress: ProgressBar
+) -> dict[str, Any]:
+    """The keyword arguments every job takes, from the flags of :func:`add_run_flags`."""
+    return {
+        "name": name,
+        "checkpoints": checkpoints,
+        "concurrency": args.concurrency,
+        "rate": args.rate,
+        "page_size": args.page_size,
+        "page_bytes": args.page_mb * 1024 * 1024,
+        "max_in_flight": args.max_in_flight,
+        "retry": RetryPolicy(attempts=args.retries),
+        "source_store": args.source,
+        "progress": progress,
+    }
+
+
 def _check_options(args: argparse.Namespace, action: JobAction) -> None:
     if args.target is not None and args.target is not args.source.other:
         raise CommandError(common.EXIT_USAGE, "--target must be the other store than --source")
@@ -398,16 +418,18 @@ def _output(args: argparse.Namespace, report: JobReport, settings: ConnectionSet
 
 
 def format_report(report: JobReport) -> str:
-    """The readable summary of a backfill or verify report: this run, and the job's totals."""
+    """The readable summary of a job's report: this run, and the job's totals."""
     lines = [
-        f"{report.action} {report.source} -> {report.target}, job {report.job!r}",
+        f"{report.action} {_stores(report)}, job {report.job!r}",
         _run_line(report),
         f"units: {report.units_planned} planned, {report.units_run} run now, "
         f"{report.units_skipped} already done, {len(report.failed_units)} failed, "
         f"{report.units_not_run} not run",
     ]
     if report.resumed and report.complete and report.units_run == 0:
-        verb = "copied" if report.action is JobAction.BACKFILL else "compared"
+        verb = {JobAction.BACKFILL: "copied", JobAction.PURGE: "purged"}.get(
+            report.action, "compared"
+        )
         lines.append(f"nothing to do: every unit was already done; this run {verb} nothing")
     counted: list[tuple[str, str]]
     if report.action is JobAction.BACKFILL:
@@ -417,6 +439,9 @@ def format_report(report: JobReport) -> str:
             ("ids absent from the source", "absent"),
             ("records read", "records"),
         ]
+    elif report.action is JobAction.PURGE:
+        lines += _purge_options(report.options)
+        counted = _purge_lines(dry_run=bool(report.options.get("dry_run")))
     else:
         options = report.options
         lines.append(
@@ -460,6 +485,36 @@ def format_report(report: JobReport) -> str:
         lines.append(report.stopped)
     lines.append("result: " + _verdict(report))
     return "\n".join(lines)
+
+
+def _stores(report: JobReport) -> str:
+    if report.action is not JobAction.PURGE:
+        return f"{report.source} -> {report.target}"
+    if report.options.get("other_store_retired"):
+        return f"{report.source} only ({report.target} retired)"
+    return f"{report.source} and {report.target}"
+
+
+def _purge_lines(*, dry_run: bool) -> list[tuple[str, str]]:
+    would = "would be " if dry_run else ""
+    return [
+        ("records scanned", "records"),
+        ("tombstones seen", "tombstones"),
+        (f"tombstones {would}purged", "purged"),
+        ("too young, kept", "too_young"),
+        ("re-created in the other store, kept", "recreated"),
+        ("live at the same revision elsewhere, kept", "conflicts"),
+        (f"stale live copies {would}removed", "stale_copies_removed"),
+    ]
+
+
+def _purge_options(options: dict[str, Any]) -> list[str]:
+    lines = [f"tombstones older than {options.get('older_than_days', 0.0):g} days"]
+    if options.get("other_store_retired"):
+        lines.append("the other store is retired: purged from the scanned store alone")
+    if options.get("dry_run"):
+        lines.append("DRY RUN: counts what would be purged; nothing was written")
+    return lines
 
 
 def _run_line(report: JobReport) -> str:

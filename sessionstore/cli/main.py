@@ -1,6 +1,6 @@
 """``sessionstore``: the on-call command line.
 
-Commands: ``backfill``, ``verify``, ``repair``, ``phase`` (and ``phases``),
+Commands: ``backfill``, ``verify``, ``purge``, ``repair``, ``phase`` (and ``phases``),
 ``rehearse``. Stores are configured by flags and ``SESSIONSTORE_*`` environment
 variables; secrets are never printed. See docs/cli.md.
 
@@ -22,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sessionstore.cli import jobs, phase, rehearse, repair
+from sessionstore.cli import jobs, phase, purge, rehearse, repair
 
 __all__ = ["main"]
 
@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     jobs.add_parsers(sub)
+    purge.add_parser(sub)
     repair.add_parser(sub)
     phase.add_parsers(sub)
     rehearse.add_parser(sub)
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("backfill", "verify"):
         return jobs.command(args)
+    if args.command == "purge":
+        return purge.command(args)
     if args.command == "repair":
         return repair.command(args)
     if args.command in ("phase", "phases"):

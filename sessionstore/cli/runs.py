@@ -1,10 +1,12 @@
-"""Which job a ``backfill`` or ``verify`` command runs: a new one, or one it resumes.
+"""Which job a ``backfill``, ``verify`` or ``purge`` command runs: new, or resumed.
 
 A job is one named run of a plan, checkpointed under its name. The rules (docs/cli.md):
 
 - Without ``--resume`` every command starts a new job. Its default name is made of the
   plan and its start: ``backfill-cassandra-to-documentdb-20260301T101500Z-3f2a1c``, so
-  the same command run again (after a rollback, say) copies everything again.
+  the same command run again (after a rollback, say) copies everything again
+  (``verify-cassandra-vs-documentdb-...``, ``purge-cassandra-and-documentdb-...``, or
+  ``purge-documentdb-only-...`` when the other store is retired).
   ``--job NAME`` names it; a NAME the checkpoint file already holds is refused.
 - ``--resume`` continues the newest unfinished job of the same plan (same direction,
   ids, ranges, parts and options) in the checkpoint file; ``--resume NAME`` (or
@@ -104,8 +106,10 @@ def new_job_name(
     A random suffix keeps two jobs started in the same second apart.
     """
     source: Store = args.source
-    link = "vs" if action is JobAction.VERIFY else "to"
+    link = {JobAction.VERIFY: "vs", JobAction.PURGE: "and"}.get(action, "to")
     name = f"{action}-{source}-{link}-{source.other}"
+    if getattr(args, "other_store_retired", False):
+        name = f"{action}-{source}-only"
     if ids:
         name += f"-ids-{_digest(b''.join(i.bytes for i in ids))}"
     elif args.ranges:

@@ -1,6 +1,6 @@
-"""Migration jobs on whole stores: backfill, verify, reconcile and the rehearsal.
+"""Migration jobs on whole stores: backfill, verify, purge, reconcile and the rehearsal.
 
-The backfill and verify jobs split a store into small, serializable units
+The backfill, verify and purge jobs split a store into small, serializable units
 (:class:`WorkUnit`), checkpoint each unit's completion (:class:`SqliteCheckpointStore`),
 throttle themselves (:class:`RateLimiter`, :class:`RetryPolicy`) and return a
 :class:`JobReport`. See docs/jobs.md. Example::
@@ -31,6 +31,7 @@ from sessionstore.jobs.engine import (
     PageBudget,
     UnitResult,
 )
+from sessionstore.jobs.purge import PurgeJob
 from sessionstore.jobs.reconcile import ReconcileReport, reconcile
 from sessionstore.jobs.rehearsal import RehearsalConfig, RehearsalReport, run_rehearsal
 from sessionstore.jobs.settings import ConnectionSettings
@@ -61,6 +62,7 @@ __all__ = [
     "JobReport",
     "MemoryCheckpointStore",
     "PageBudget",
+    "PurgeJob",
     "RateLimiter",
     "ReconcileReport",
     "RecordsRejectedError",

@@ -1,4 +1,4 @@
-"""What the backfill and verify jobs share: running units with checkpoints, and reports.
+"""What the backfill, verify and purge jobs share: units run with checkpoints, reports.
 
 A job runs its units with ``concurrency`` workers. Before a unit starts its start is
 checkpointed; when it completes, its counts are, in one durable transaction. Units
@@ -21,6 +21,7 @@ import collections
 import dataclasses
 import datetime as dt
 import functools
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -53,6 +54,15 @@ _I = TypeVar("_I")
 #: Verify's kinds that mean the target is wrong (``newer`` is expected while dual-writing).
 UNEXPECTED_KINDS: tuple[str, ...] = ("missing", "stale", "content_mismatch", "deleted_in_one")
 DIFFERENCE_KINDS: tuple[str, ...] = (*UNEXPECTED_KINDS, "newer")
+#: Purge's counts (see :mod:`sessionstore.jobs.purge`).
+PURGE_COUNTS: tuple[str, ...] = (
+    "tombstones",
+    "purged",
+    "too_young",
+    "recreated",
+    "conflicts",
+    "stale_copies_removed",
+)
 
 
 @dataclasses.dataclass
@@ -180,6 +190,8 @@ class JobReport:
             data["differences"] = {k: self.counts[k] for k in DIFFERENCE_KINDS}
             data["fields"] = dict(sorted(self.fields.items()))
             data["unresolved"] = self.unresolved
+        if self.action is JobAction.PURGE:
+            data["purge"] = {k: self.counts[k] for k in PURGE_COUNTS}
         data["ok"] = self.ok(strict=bool(self.options.get("strict")))
         return data
 
@@ -236,9 +248,12 @@ class PageBudget:
 
 
 class UnitJob:
-    """Base of BackfillJob and VerifyJob: stores, throttling, checkpoints, the run loop."""
+    """Base of the backfill, verify and purge jobs: stores, throttling, checkpoints, run loop."""
 
     action: ClassVar[JobAction]
+    #: Run the passes (consecutive units scanning the same store) one after the other:
+    #: no unit of a pass starts before every unit of the pass before it has ended.
+    sequential_passes: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -389,18 +404,19 @@ class UnitJob:
             self._progress.started(total=len(units), skipped=len(done))
         state = _RunState()
         started = time.perf_counter()
+        passes = _passes(pending) if self.sequential_passes else [pending]
         try:
-            await _each(
-                range(min(self._concurrency, len(pending))),
-                lambda _: self._worker(pending, report, state),
-            )
+            for queue in passes:
+                if state.stopped is not None or state.fatal is not None:
+                    break
+                await self._drain(queue, report, state)
         finally:
             report.elapsed_seconds = time.perf_counter() - started
             report.retries = self.throttle.retries
             report.back_offs = self.throttle.limiter.back_offs
         if state.fatal is not None:
             raise state.fatal
-        report.units_not_run = len(pending)
+        report.units_not_run = sum(len(queue) for queue in passes)
         report.stopped = state.stopped
         recorded = await cp.units(self.name)
         for unit in units:
@@ -409,6 +425,15 @@ class UnitJob:
                 report.counts.update(record.counts)
                 report.fields.update(record.fields)
         return report
+
+    async def _drain(
+        self, pending: collections.deque[WorkUnit], report: JobReport, state: _RunState
+    ) -> None:
+        """Run ``pending``'s units with ``concurrency`` workers until it is empty or stopped."""
+        await _each(
+            range(min(self._concurrency, len(pending))),
+            lambda _: self._worker(pending, report, state),
+        )
 
     async def _worker(
         self, pending: collections.deque[WorkUnit], report: JobReport, state: _RunState
@@ -450,6 +475,11 @@ class _RunState:
     failures: int = 0
     stopped: str | None = None
     fatal: BaseException | None = None
+
+
+def _passes(units: Iterable[WorkUnit]) -> list[collections.deque[WorkUnit]]:
+    """Consecutive units scanning the same store, one queue each, in plan order."""
+    return [collections.deque(group) for _, group in itertools.groupby(units, lambda u: u.scan)]
 
 
 def _is_done(record: Any) -> bool:

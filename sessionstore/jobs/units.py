@@ -1,4 +1,4 @@
-"""Units of work of the backfill and verify jobs: small, independent, serializable.
+"""Units of work of the backfill, verify and purge jobs: small, independent, serializable.
 
 A job is planned as a list of :class:`WorkUnit`: either one key range of the scanned
 store (a Murmur3 token range for Cassandra, an ``_id`` range for DocumentDB) or an
@@ -72,6 +72,8 @@ class JobAction(enum.StrEnum):
     BACKFILL = "backfill"
     #: Compare the unit's records in both stores (and repair, if asked).
     VERIFY = "verify"
+    #: Remove the old tombstones of the unit's range from both stores (range units only).
+    PURGE = "purge"
 
 
 class UnitKind(enum.StrEnum):
@@ -97,11 +99,12 @@ def check_job_name(name: str) -> str:
 
 
 class WorkUnit(BaseModel):
-    """One independent unit of a backfill or verify job, as a JSON-serializable message.
+    """One independent unit of a backfill, verify or purge job, as a JSON message.
 
     ``scan`` is the store whose key space a range unit covers: the source for a backfill
-    and for verify's first pass; the target for verify's second pass, which looks for
-    keys that only the target holds. ``repair`` and ``sample`` are verify options.
+    and for the first pass of verify and purge; the target for their second pass, which
+    finds keys (verify) or tombstones (purge) that only the target holds. ``repair``
+    and ``sample`` are verify options.
 
     >>> unit = WorkUnit(job="j", unit_id="ids-0", action="backfill", source="cassandra",
     ...                 target="documentdb", kind="ids", ids=(uuid.UUID(int=1),))
@@ -143,11 +146,12 @@ class WorkUnit(BaseModel):
                 raise ValueError("an ids unit has no start, end or scan")
             if not 0 < len(self.ids) <= MAX_IDS_PER_UNIT:
                 raise ValueError(f"an ids unit holds 1 to {MAX_IDS_PER_UNIT} ids")
-        if self.action is JobAction.BACKFILL:
-            if self.repair or self.sample != 1.0:
-                raise ValueError("repair and sample are verify options")
-            if self.scan not in (None, self.source):
-                raise ValueError("a backfill scans its source")
+        if self.action is not JobAction.VERIFY and (self.repair or self.sample != 1.0):
+            raise ValueError("repair and sample are verify options")
+        if self.action is JobAction.BACKFILL and self.scan not in (None, self.source):
+            raise ValueError("a backfill scans its source")
+        if self.action is JobAction.PURGE and self.kind is not UnitKind.RANGE:
+            raise ValueError("a purge unit is a key range")
         return self
 
     @property
