@@ -56,7 +56,8 @@ class _Kept(FaultInjectingBackend):
     ) -> WriteResult:
         result = await super().save(session, expected_revision=expected_revision)
         saves = sum(1 for c in self.calls if c.operation == "save")
-        if saves == self.interrupt_after:
+        if self.interrupt_after is not None and saves >= self.interrupt_after:
+            self.interrupt_after = None  # once
             signal.raise_signal(signal.SIGINT)
         return result
 
