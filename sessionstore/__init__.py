@@ -48,6 +48,7 @@ from sessionstore.repair import (
     RepairReport,
     RepairWorker,
     SqliteRepairQueue,
+    SqsRepairQueue,
 )
 from sessionstore.repository import RepositoryState, SessionRepository, ShadowRead
 from sessionstore.revision import HybridClock, Revision
@@ -94,6 +95,7 @@ __all__ = [
     "SessionTooLargeError",
     "ShadowRead",
     "SqliteRepairQueue",
+    "SqsRepairQueue",
     "StaticPhaseSource",
     "Store",
     "StoredRecord",
