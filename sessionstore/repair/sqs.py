@@ -178,6 +178,13 @@ class SqsRepairQueue(LifecycleMixin):
     async def _open(self) -> None:
         if self._client is None:
             self._client = await asyncio.to_thread(self._settings.client)
+        try:
+            await self._check_queue()
+        except BaseException:
+            await self._close()  # the queue stays unopened: release its connections
+            raise
+
+    async def _check_queue(self) -> None:
         attrs = await self._attributes(self._url, ["QueueArn", "RedrivePolicy"], "open")
         policy = attrs.get("RedrivePolicy")
         if policy:
@@ -194,7 +201,8 @@ class SqsRepairQueue(LifecycleMixin):
 
     async def _close(self) -> None:
         if self._client is not None and self._owns_client:
-            self._client.close()
+            client, self._client = self._client, None
+            client.close()
 
     def _sqs(self) -> SQSClient:
         assert self._client is not None

@@ -3,7 +3,7 @@ secondary (FerretDB) is down, then one ``sessionstore repair --follow`` process 
 the repairs of both once it is back. Not one acknowledged write may be lost: each must
 be in both stores with its revision.
 
-The test stops FerretDB: run it on a private set of servers (docs/testing.md), e.g.
+The test stops FerretDB: against shared servers, run it on a private set (docs/servers.md), e.g.
 ``SESSIONSTORE_FERRETDB_PORT=28117 SESSIONSTORE_MONGODB_URI=mongodb://127.0.0.1:28117/``
 after ``SESSIONSTORE_FERRETDB_PORT=28117 scripts/servers up ferretdb``.
 """
