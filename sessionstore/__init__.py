@@ -49,6 +49,7 @@ from sessionstore.repair import (
     RepairReport,
     RepairWorker,
     SqliteRepairQueue,
+    SqsRepairQueue,
 )
 from sessionstore.repository import RepositoryState, SessionRepository, ShadowRead
 from sessionstore.resilience import (
@@ -107,6 +108,7 @@ __all__ = [
     "SessionTooLargeError",
     "ShadowRead",
     "SqliteRepairQueue",
+    "SqsRepairQueue",
     "StaticPhaseSource",
     "Store",
     "StoreHealth",

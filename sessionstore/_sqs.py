@@ -22,7 +22,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sessionstore._errors import (
     BackendError,
@@ -35,7 +35,14 @@ from sessionstore._errors import (
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
-__all__ = ["SqsSettings", "map_sqs_error", "region_of", "sqs_call"]
+__all__ = [
+    "SqsSettings",
+    "aws_error_code",
+    "map_sqs_error",
+    "region_of",
+    "sqs_call",
+    "sqs_settings",
+]
 
 _T = TypeVar("_T")
 
@@ -80,6 +87,13 @@ class SqsSettings(BaseModel):
             raise ValueError("must be a queue URL, https://sqs.<region>.amazonaws.com/<id>/<name>")
         return value
 
+    def region_name(self) -> str:
+        """The region the client will use; ConfigurationError if none is known."""
+        region = self.region or region_of(self.queue_url) or _env_region()
+        if region is None:
+            raise ConfigurationError("no AWS region: set region=, AWS_REGION or AWS_DEFAULT_REGION")
+        return region
+
     def client(self) -> SQSClient:
         """A boto3 SQS client for this queue (nothing connects until the first call)."""
         try:
@@ -89,19 +103,36 @@ class SqsSettings(BaseModel):
             raise ConfigurationError(
                 "SQS needs the 'sqs' extra: pip install sessionstore[sqs]"
             ) from exc
-        region = self.region or region_of(self.queue_url) or _env_region()
-        if region is None:
-            raise ConfigurationError("no AWS region: set region=, AWS_REGION or AWS_DEFAULT_REGION")
+        region = self.region_name()
         config = Config(
             connect_timeout=self.timeout_seconds,
             # A long poll of up to 20 s is part of the read.
             read_timeout=self.timeout_seconds + 20,
             retries={"mode": "standard", "max_attempts": 3},
+            # Calls run in asyncio's default thread pool (at most 32 threads): one
+            # connection each, so none waits for another's or is opened and discarded.
+            max_pool_connections=32,
         )
         session = boto3.session.Session()
         return session.client(
             "sqs", region_name=region, endpoint_url=self.endpoint_url, config=config
         )
+
+
+def sqs_settings(queue_url: str, **options: Any) -> SqsSettings:
+    """``SqsSettings`` from the options that are not None; ConfigurationError if invalid.
+
+    The message names the field, not the value.
+    """
+    values = {k: v for k, v in options.items() if v is not None}
+    try:
+        return SqsSettings(queue_url=queue_url, **values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid SQS settings: {problems}") from None
 
 
 def region_of(queue_url: str) -> str | None:
@@ -161,4 +192,14 @@ def map_sqs_error(exc: BaseException, operation: str) -> BackendError | None:
         return BackendRejectedError(f"{operation} failed (no AWS credentials)", store=STORE)
     if isinstance(exc, BotoCoreError):
         return BackendError(f"{operation} failed ({kind})", store=STORE)
+    return None
+
+
+def aws_error_code(exc: BaseException) -> str | None:
+    """The AWS error code of a botocore ``ClientError``, or of the one a mapped error wraps."""
+    from botocore.exceptions import ClientError
+
+    for candidate in (exc, exc.__cause__):
+        if isinstance(candidate, ClientError):
+            return str(candidate.response.get("Error", {}).get("Code", "")) or None
     return None

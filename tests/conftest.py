@@ -33,8 +33,5 @@ async def repair_queue(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[QueueHandle]:
     """An open, empty repair queue of each kind."""
-    handle = await open_queue(request.param, tmp_path)
-    try:
+    async with open_queue(request.param, tmp_path) as handle:
         yield handle
-    finally:
-        await handle.queue.aclose()

@@ -8,6 +8,7 @@ from sessionstore.repair.queue import (
     RepairTask,
 )
 from sessionstore.repair.sqlite import SqliteRepairQueue
+from sessionstore.repair.sqs import SqsRepairQueue
 from sessionstore.repair.worker import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TOMBSTONE_GRACE,
@@ -28,4 +29,5 @@ __all__ = [
     "RepairTask",
     "RepairWorker",
     "SqliteRepairQueue",
+    "SqsRepairQueue",
 ]

@@ -14,6 +14,10 @@ Both go to the queue's dead letters with their session id, as does a copy that f
 ``max_attempts`` times (each failure is retried with exponential back-off, capped at 64
 times the base delay). Nothing is acknowledged away.
 
+``drain()`` empties the queue and returns; ``follow(stop)`` runs until ``stop`` is set
+(a sidecar, ``sessionstore repair --follow``); ``process(task)`` settles one task that
+was received elsewhere (the Lambda handler, :mod:`sessionstore.repair.handler`).
+
 Example::
 
     worker = RepairWorker(cassandra=c, documentdb=d, queue=queue)
@@ -24,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import enum
@@ -35,7 +40,7 @@ from sessionstore._errors import BackendError, ConfigurationError
 from sessionstore._telemetry import Telemetry
 from sessionstore.backends.base import SessionBackend, copy_record
 from sessionstore.divergence import DivergenceKind, compare_records
-from sessionstore.repair.queue import RepairQueue, RepairTask
+from sessionstore.repair.queue import DeadLetter, RepairQueue, RepairTask
 from sessionstore.revision import wall_clock_us
 
 __all__ = [
@@ -160,6 +165,7 @@ class RepairWorker:
         self._grace = tombstone_grace
         self._now = time_source or wall_clock_us
         self._lease = lease_seconds
+        self._dead: collections.deque[DeadLetter] = collections.deque(maxlen=1000)
 
     async def sync(self, session_id: uuid.UUID) -> RepairOutcome:
         """Copy the newer of the two records to the other store; return the outcome."""
@@ -186,20 +192,73 @@ class RepairWorker:
         await copy_record(newer, target)
         return RepairOutcome.COPIED
 
-    async def drain(self, *, max_rounds: int | None = None) -> RepairReport:
-        """Process tasks until none is ready (or ``max_rounds`` batches)."""
+    async def drain(
+        self, *, max_rounds: int | None = None, wait_seconds: float = 0.0
+    ) -> RepairReport:
+        """Process tasks until none is ready (or ``max_rounds`` batches).
+
+        ``wait_seconds``: how long each claim waits for a task before the queue counts
+        as drained (an SQS short poll may answer nothing while messages wait).
+        """
         report = RepairReport()
         rounds = 0
         while max_rounds is None or rounds < max_rounds:
-            tasks = await self._queue.claim(self._batch_size, lease_seconds=self._lease)
+            tasks = await self._queue.claim(
+                self._batch_size, lease_seconds=self._lease, wait_seconds=wait_seconds
+            )
             if not tasks:
                 break
             rounds += 1
-            for outcome in await asyncio.gather(*(self._process(t) for t in tasks)):
-                report.add(outcome)
+            report.merge(await self._run(tasks))
         return report
 
-    async def _process(self, task: RepairTask) -> RepairOutcome:
+    async def follow(
+        self,
+        stop: asyncio.Event,
+        *,
+        poll_seconds: float = 5.0,
+        stop_on_give_up: bool = True,
+        on_batch: Callable[[RepairReport], None] | None = None,
+    ) -> RepairReport:
+        """Process tasks as they come, until ``stop`` is set; returns the totals.
+
+        Each claim long-polls up to ``poll_seconds``, so ``stop`` is noticed within that
+        time; the tasks in hand (those of the poll in flight too) are finished first,
+        never abandoned. With ``stop_on_give_up`` it also returns after a batch in which
+        a task used up its ``max_attempts``: when a store is down, going on would turn
+        every queued session into a dead letter in turn. ``on_batch`` sees each
+        batch's report.
+        """
+        if poll_seconds <= 0:
+            raise ConfigurationError("poll_seconds must be positive")
+        total = RepairReport()
+        while not stop.is_set():
+            tasks = await self._queue.claim(
+                self._batch_size, lease_seconds=self._lease, wait_seconds=poll_seconds
+            )
+            if not tasks:
+                continue
+            report = await self._run(tasks)
+            total.merge(report)
+            if on_batch is not None:
+                on_batch(report)
+            if stop_on_give_up and report.gave_up:
+                break
+        return total
+
+    def dead_lettered(self) -> list[DeadLetter]:
+        """The dead letters this worker made, oldest first (the last 1000)."""
+        return list(self._dead)
+
+    async def _run(self, tasks: list[RepairTask]) -> RepairReport:
+        report = RepairReport()
+        for outcome in await asyncio.gather(*(self.process(t) for t in tasks)):
+            report.add(outcome)
+        return report
+
+    async def process(self, task: RepairTask) -> RepairOutcome:
+        """Repair one claimed task and settle it in the queue: acknowledged, retried
+        later with back-off (``FAILED``), or moved to the dead letters."""
         async with self._limit:
             try:
                 outcome = await self.sync(task.session_id)
@@ -207,7 +266,7 @@ class RepairWorker:
                 error = type(exc).__name__
                 if task.attempts + 1 >= self._max_attempts:
                     outcome = RepairOutcome.GAVE_UP
-                    await self._queue.dead_letter(task, f"gave_up:{error}")
+                    await self._dead_letter(task, f"gave_up:{error}")
                 else:
                     outcome = RepairOutcome.FAILED
                     delay = self._retry_delay * 2 ** min(task.attempts, 6)
@@ -215,9 +274,13 @@ class RepairWorker:
                 log.warning("repair of %s failed (%s): %s", task.session_id, error, outcome)
             else:
                 if outcome in (RepairOutcome.CONFLICT, RepairOutcome.POSSIBLY_DELETED):
-                    await self._queue.dead_letter(task, outcome.value)
+                    await self._dead_letter(task, outcome.value)
                     log.error("repair of %s left as a dead letter: %s", task.session_id, outcome)
                 else:
                     await self._queue.ack(task)
             self._telemetry.repair_completed(outcome.value)
             return outcome
+
+    async def _dead_letter(self, task: RepairTask, reason: str) -> None:
+        await self._queue.dead_letter(task, reason)
+        self._dead.append(DeadLetter(task.session_id, reason, task.attempts))
