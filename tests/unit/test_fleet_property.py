@@ -46,7 +46,7 @@ from sessionstore import (
     StoredRecord,
     StudentSession,
 )
-from sessionstore.jobs import BackfillJob
+from sessionstore.jobs import BackfillJob, PurgeJob
 from sessionstore.repair.worker import DEFAULT_TOMBSTONE_GRACE
 from sessionstore.testing import FaultInjectingBackend, SimulatedTime
 from tests.helpers import make_session
@@ -271,21 +271,18 @@ class Fleet:
                 self.forgotten.add(record.session_id)
 
     async def purge(self) -> None:
-        # TODO(lead): PurgeJob once merged.
-        cutoff = self.time() - DEFAULT_TOMBSTONE_GRACE // dt.timedelta(microseconds=1)
-        for scanned, other in (
-            (self.cassandra, self.documentdb),
-            (self.documentdb, self.cassandra),
-        ):
-            for record in list(scanned.inner.records().values()):
-                if not record.deleted or record.revision >= cutoff:
-                    continue
-                theirs = other.inner.records().get(record.session_id)
-                if theirs is not None and not theirs.deleted and theirs.revision > record.revision:
-                    continue
-                await other.purge(record.session_id, record.revision)
-                await scanned.purge(record.session_id, record.revision)
-                self.purged += 1
+        # The purge job, both passes: each store's old tombstones, checked in the other.
+        job = PurgeJob(
+            self.cassandra,
+            self.documentdb,
+            name=f"purge{self.counter}",
+            time_source=self.time,
+            concurrency=1,
+        )
+        self.counter += 1
+        report = await job.run(job.plan(parts=2))
+        assert report.ok(), report.failed_units
+        self.purged += report.counts["purged"]
 
 
 async def run_step(fleet: Fleet, step: tuple[Any, ...]) -> None:
