@@ -72,16 +72,28 @@ from sessionstore.phases import (
     PhaseSource,
     Store,
 )
-from sessionstore.repair.queue import RepairQueue
+from sessionstore.repair.queue import RepairQueue, check_delay
 from sessionstore.resilience import BreakerPolicy, Timeouts
 from sessionstore.revision import HybridClock
 
-__all__ = ["DEFAULT_MAX_COMPARISONS", "RepositoryState", "SessionRepository", "ShadowRead"]
+__all__ = [
+    "DEFAULT_MAX_COMPARISONS",
+    "DEFAULT_REPAIR_DELAY",
+    "RepositoryState",
+    "SessionRepository",
+    "ShadowRead",
+]
 
 log = logging.getLogger(__name__)
 
 #: Background comparisons in flight at most, by default (``max_comparisons``).
 DEFAULT_MAX_COMPARISONS = 256
+#: Seconds a write given up on may still take to land (``repair_delay``): above the
+#: drivers' own request timeouts (Cassandra's is 10 s by default).
+DEFAULT_REPAIR_DELAY = 15.0
+
+# Why a write is queued when nothing of it can still be in flight: no delay needed.
+_SETTLED = frozenset({"secondary_skipped", "secondary_not_applied"})
 
 _Send = Callable[[SessionBackend, int | None], Awaitable[WriteResult]]
 
@@ -152,6 +164,9 @@ class SessionRepository:
             phases that allow it (SHADOW, DOCDB_PRIMARY).
         max_comparisons: background comparisons in flight at most; reads beyond it are
             not compared (counted as ``sessionstore.comparisons.skipped``).
+        repair_delay: seconds before a write this repository gave up on (a deadline, a
+            failure, a cancelled call) may be repaired: the write can still land in the
+            store meanwhile, and a repair that ran first would miss it.
     """
 
     def __init__(
@@ -170,6 +185,7 @@ class SessionRepository:
         breaker: BreakerPolicy | None = None,
         read_fallback: bool = True,
         max_comparisons: int = DEFAULT_MAX_COMPARISONS,
+        repair_delay: float = DEFAULT_REPAIR_DELAY,
     ) -> None:
         if not 0.0 <= compare_sample_ratio <= 1.0:
             raise ConfigurationError("compare_sample_ratio must be between 0 and 1")
@@ -179,10 +195,11 @@ class SessionRepository:
             raise ConfigurationError("max_comparisons must be an int")
         if max_comparisons < 0:
             raise ConfigurationError("max_comparisons must not be negative")
-        if not isinstance(timeouts, Timeouts | None) or not isinstance(
-            breaker, BreakerPolicy | None
-        ):
-            raise ConfigurationError("timeouts must be a Timeouts and breaker a BreakerPolicy")
+        if not isinstance(timeouts, Timeouts | None):
+            raise ConfigurationError("timeouts must be a Timeouts")
+        if not isinstance(breaker, BreakerPolicy | None):
+            raise ConfigurationError("breaker must be a BreakerPolicy")
+        self._repair_delay = check_delay(repair_delay)
         self._phases = phases
         self._repairs = repairs
         self._telemetry = Telemetry(meter_provider)
@@ -592,12 +609,16 @@ class SessionRepository:
         return 0 if head is None else head.revision
 
     async def _queue_repair(self, sid: uuid.UUID, reason: str) -> None:
-        """Queue the key, shielded: a cancelled caller does not cancel the queueing."""
-        await asyncio.shield(self._stores.spawn(self._enqueue(sid, reason)))
+        """Queue the key, shielded: a cancelled caller does not cancel the queueing.
 
-    async def _enqueue(self, sid: uuid.UUID, reason: str) -> None:
+        Delayed by ``repair_delay`` unless nothing of the write can still be in flight.
+        """
+        delay = 0.0 if reason in _SETTLED else self._repair_delay
+        await asyncio.shield(self._stores.spawn(self._enqueue(sid, reason, delay)))
+
+    async def _enqueue(self, sid: uuid.UUID, reason: str, delay: float = 0.0) -> None:
         try:
-            await self._repairs.enqueue(sid, reason)
+            await self._repairs.enqueue(sid, reason, delay_seconds=delay)
         except SessionStoreError as exc:
             # The write itself succeeded; verify will still find this difference.
             self._telemetry.repair_enqueue_failed(type(exc).__name__)

@@ -427,8 +427,13 @@ def memory_repository(
     repairs: RepairQueue | None = None,
     **options: Any,
 ) -> tuple[SessionRepository, MemoryStores]:
-    """A repository over two fault-injecting in-memory stores sharing one call log."""
+    """A repository over two fault-injecting in-memory stores sharing one call log.
+
+    ``repair_delay`` defaults to 0 here: an in-memory write never lands late, so a test
+    may drain the repairs at once.
+    """
     source = StaticPhaseSource(phases) if isinstance(phases, Phase) else phases
+    options.setdefault("repair_delay", 0.0)
     calls: list[Call] = []
     cassandra = FaultInjectingBackend(InMemoryBackend(name="cassandra"), calls=calls)
     documentdb = FaultInjectingBackend(InMemoryBackend(name="documentdb"), calls=calls)

@@ -113,10 +113,26 @@ def _print(report: RehearsalReport) -> None:
         ("keys diverged after repair", report.diverged_keys),
         ("acknowledged writes lost", report.lost_writes),
     ]
+    fleet = report.fleet
+    if fleet is not None:
+        rows += [
+            ("fleet: processes (clocks -4 s, 0 s, +4 s)", fleet.processes),
+            ("fleet: calls", fleet.operations),
+            ("fleet: callers cancelled", fleet.cancelled),
+            ("fleet: conflicts raised to callers", fleet.conflicts_raised),
+            ("fleet: tombstones purged after the grace", fleet.tombstones_purged),
+            ("fleet: tombstones one store forgot", fleet.tombstones_forgotten),
+            ("fleet: dead letters (reported, by id)", len(fleet.dead_letters)),
+            ("fleet: acknowledged writes lost", fleet.lost_writes),
+            ("fleet: deleted sessions readable again", fleet.resurrected),
+        ]
     print()
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}} {value:>8}")
+    if fleet is not None:
+        for sid, reason in sorted(fleet.dead_letters.items()):
+            print(f"fleet: dead letter {sid}  {reason}")
     print("\nresult: " + ("OK, both stores converged" if report.ok else "FAILED"))
 
 
@@ -132,5 +148,7 @@ def _as_json(report: RehearsalReport) -> str:
         for p in report.phases
     ]
     data["verifications"] = [{"when": w, "differences": n} for w, n in report.verifications]
+    if report.fleet is not None:
+        data["fleet"]["ok"] = report.fleet.ok
     data["ok"] = report.ok
     return json.dumps(data, indent=2)

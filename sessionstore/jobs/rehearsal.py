@@ -44,6 +44,7 @@ from sessionstore.jobs.backfill import BackfillJob
 from sessionstore.jobs.checkpoint import SqliteCheckpointStore
 from sessionstore.jobs.engine import JobReport
 from sessionstore.jobs.reconcile import reconcile
+from sessionstore.jobs.rehearsal_fleet import FleetReport, run_fleet_stage
 from sessionstore.jobs.throttle import RetryPolicy
 from sessionstore.jobs.verify import VerifyJob
 from sessionstore.model import Answer, Attachment, SessionStatus, StudentSession
@@ -81,6 +82,10 @@ class RehearsalConfig:
     checkpoint_path: Path | None = None
     #: Serialize writes per key on DocumentDB (needed on FerretDB, see testing.py).
     serialize_documentdb_writes: bool = False
+    #: Run the fleet stage (sessionstore.jobs.rehearsal_fleet) after the schedule.
+    fleet: bool = True
+    #: Calls each of the fleet's three processes makes per phase.
+    fleet_calls: int = 150
 
 
 @dataclasses.dataclass
@@ -123,12 +128,16 @@ class RehearsalReport:
     keys_checked: int = 0
     diverged_keys: int = 0
     lost_writes: int = 0
+    #: The fleet stage's outcome (None when it did not run).
+    fleet: FleetReport | None = None
 
     @property
     def ok(self) -> bool:
-        """True when both stores ended identical and nothing acknowledged was lost."""
+        """True when the stores converged, nothing acknowledged was lost, nothing deleted
+        came back (fleet stage), and every verification found no difference."""
         verified = all(differences == 0 for _, differences in self.verifications)
-        return self.diverged_keys == 0 and self.lost_writes == 0 and verified
+        fleet_ok = self.fleet is None or self.fleet.ok
+        return self.diverged_keys == 0 and self.lost_writes == 0 and verified and fleet_ok
 
 
 class _Traffic:
@@ -216,7 +225,11 @@ async def run_rehearsal(
         d = documentdb or InMemoryBackend(name="documentdb")
         if config.serialize_documentdb_writes:
             d = KeySerializingBackend(d)
-        return await _Rehearsal(config, c, d, queue_path, checkpoint_path).run()
+        # A real store may apply a cancelled call's write after the call gave up: its
+        # repair waits a little (in memory nothing lands late).
+        delay = 0.0 if cassandra is None else 0.3
+        rehearsal = _Rehearsal(config, c, d, queue_path, checkpoint_path, repair_delay=delay)
+        return await rehearsal.run()
 
 
 class _Rehearsal:
@@ -227,8 +240,11 @@ class _Rehearsal:
         documentdb: SessionBackend,
         queue_path: Path,
         checkpoint_path: Path,
+        *,
+        repair_delay: float = 0.0,
     ) -> None:
         self.config = config
+        self.repair_delay = repair_delay
         self.cassandra = FaultInjectingBackend(cassandra)
         self.documentdb = FaultInjectingBackend(documentdb)
         self.phases = StaticPhaseSource(Phase.CASSANDRA_ONLY)
@@ -242,6 +258,7 @@ class _Rehearsal:
             rng=random.Random(config.seed),
             # The injected faults open breakers; probe again soon, as time runs fast here.
             breaker=BreakerPolicy(open_seconds=0.05),
+            repair_delay=repair_delay,
         )
         self.report = RehearsalReport(phases=[])
         self.fault_rng = random.Random(config.seed + 1)
@@ -288,6 +305,16 @@ class _Rehearsal:
                 self.report.phases.append(stats)
                 previous = phase
             await self._final_check()
+            if self.config.fleet:
+                self.report.fleet = await run_fleet_stage(
+                    self.cassandra,
+                    self.documentdb,
+                    self.queue,
+                    calls=self.config.fleet_calls,
+                    seed=self.config.seed,
+                    repair_delay=self.repair_delay,
+                    fault_rate=self.config.fault_rate,
+                )
         return self.report
 
     async def _seed_history(self) -> None:
@@ -319,7 +346,8 @@ class _Rehearsal:
         self.documentdb.heal()
         # The on-call runbook drains repairs before each flip; so does the rehearsal.
         await self.repo.wait_for_comparisons()
-        self.report.repairs_copied += (await self.worker.drain()).copied
+        report = await self.worker.drain(wait_seconds=self.repair_delay)
+        self.report.repairs_copied += report.copied
 
     def _pair(self, forward: bool) -> tuple[SessionBackend, SessionBackend]:
         if forward:

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
+from sessionstore._errors import ConfigurationError
 from sessionstore.backends.base import LifecycleMixin
 
 __all__ = [
@@ -90,8 +91,14 @@ class QueueStats:
 class RepairQueue(Protocol):
     """Durable set of sessions to repair, with leases so a crashed worker's tasks return."""
 
-    async def enqueue(self, session_id: uuid.UUID, reason: str) -> None:
-        """Queue ``session_id``; a session queued (or dead) already is queued again."""
+    async def enqueue(
+        self, session_id: uuid.UUID, reason: str, *, delay_seconds: float = 0.0
+    ) -> None:
+        """Queue ``session_id``; a session queued (or dead) already is queued again.
+
+        With ``delay_seconds`` no worker claims it before then: the repository delays the
+        repair of a write it gave up on, which may still land in the store meanwhile.
+        """
         ...
 
     async def claim(
@@ -149,6 +156,17 @@ class RepairQueue(Protocol):
 
 #: Seconds between polls of a queue that cannot block until a task is ready.
 POLL_SECONDS = 0.2
+#: The longest enqueue delay (SQS's own limit for DelaySeconds).
+MAX_DELAY_SECONDS = 900.0
+
+
+def check_delay(delay_seconds: float) -> float:
+    """``delay_seconds`` if it is a number of seconds in ``[0, 900]``."""
+    if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float):
+        raise ConfigurationError("delay_seconds must be a number")
+    if not 0 <= delay_seconds <= MAX_DELAY_SECONDS:
+        raise ConfigurationError(f"delay_seconds must be between 0 and {MAX_DELAY_SECONDS:g}")
+    return float(delay_seconds)
 
 
 async def poll(
@@ -188,15 +206,18 @@ class InMemoryRepairQueue(LifecycleMixin):
             return None
         return entry
 
-    async def enqueue(self, session_id: uuid.UUID, reason: str) -> None:
-        """Queue the session; if already queued or dead, queue it again now."""
+    async def enqueue(
+        self, session_id: uuid.UUID, reason: str, *, delay_seconds: float = 0.0
+    ) -> None:
+        """Queue the session (again, if queued or dead), ready after ``delay_seconds``."""
         await self._ensure_open()
         self._generation += 1
+        visible_at = time.time() + check_delay(delay_seconds)
         entry = self._entries.get(session_id)
         if entry is None:
-            self._entries[session_id] = _Entry(reason, self._generation, visible_at=time.time())
+            self._entries[session_id] = _Entry(reason, self._generation, visible_at=visible_at)
             return
-        entry.generation, entry.visible_at = self._generation, time.time()
+        entry.generation, entry.visible_at = self._generation, visible_at
         if entry.dead is not None:
             entry.reason, entry.attempts, entry.dead = reason, 0, None
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 from sessionstore._errors import RepairQueueError
 from sessionstore._sqlite import SqliteFile
-from sessionstore.repair.queue import DeadLetter, QueueStats, RepairTask, poll
+from sessionstore.repair.queue import DeadLetter, QueueStats, RepairTask, check_delay, poll
 
 __all__ = ["SqliteRepairQueue"]
 
@@ -79,13 +79,16 @@ class SqliteRepairQueue(SqliteFile):
         )
         return QueueStats(int(row[0]), int(row[1]), int(row[2]))
 
-    async def enqueue(self, session_id: uuid.UUID, reason: str) -> None:
-        """Queue the session durably; a queued or dead one is queued again, ready now."""
+    async def enqueue(
+        self, session_id: uuid.UUID, reason: str, *, delay_seconds: float = 0.0
+    ) -> None:
+        """Queue the session durably (again, if queued or dead), ready after the delay."""
         key = str(session_id)
+        delay = check_delay(delay_seconds)
 
         def write() -> int:
             db = self._db()
-            now = time.time()
+            now = time.time() + delay
             with db:  # one transaction
                 db.execute("BEGIN IMMEDIATE")
                 db.execute(

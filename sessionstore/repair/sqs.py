@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from sessionstore._errors import ConfigurationError, RepairQueueError, SessionStoreError
 from sessionstore._sqs import aws_error_code, sqs_call, sqs_settings
 from sessionstore.backends.base import LifecycleMixin
-from sessionstore.repair.queue import DeadLetter, QueueStats, RepairTask
+from sessionstore.repair.queue import DeadLetter, QueueStats, RepairTask, check_delay
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -238,14 +238,21 @@ class SqsRepairQueue(LifecycleMixin):
 
     # -- the queue protocol ----------------------------------------------------------
 
-    async def enqueue(self, session_id: uuid.UUID, reason: str) -> None:
-        """Send one message for the session (a session queued twice is two messages)."""
+    async def enqueue(
+        self, session_id: uuid.UUID, reason: str, *, delay_seconds: float = 0.0
+    ) -> None:
+        """Send one message for the session (a session queued twice is two messages).
+
+        ``delay_seconds`` becomes the message's DelaySeconds (rounded up).
+        """
+        delay = math.ceil(check_delay(delay_seconds))
         await self._ensure_open()
         await sqs_call(
             self._sqs().send_message,
             "enqueue",
             QueueUrl=self._url,
             MessageBody=_body(session_id, reason),
+            DelaySeconds=delay,
         )
 
     async def claim(

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from sessionstore import RepairQueue, RepositoryClosedError
+from sessionstore import ConfigurationError, RepairQueue, RepositoryClosedError
 from tests.queues import QueueHandle
 
 
@@ -176,3 +176,21 @@ async def test_a_waiting_claim_returns_as_soon_as_a_task_is_queued(
     _, tasks = await asyncio.gather(enqueue_later(), queue.claim(1, wait_seconds=30))
     assert [t.session_id for t in tasks] == [sid]
     assert loop.time() - started < 10  # long before the 30 s the claim was allowed
+
+
+async def test_a_delayed_task_is_not_claimed_before_its_delay(repair_queue: QueueHandle) -> None:
+    queue = repair_queue.queue
+    sid = uuid.uuid4()
+    await queue.enqueue(sid, "write_interrupted", delay_seconds=repair_queue.short_lease)
+    stats = await queue.stats()
+    assert (stats.ready, stats.waiting) == (0, 1)  # pending, not drained
+    assert await queue.claim(1) == []
+    await asyncio.sleep(repair_queue.short_lease + repair_queue.slack)
+    [task] = await queue.claim(1)
+    assert task.session_id == sid
+
+
+async def test_an_enqueue_delay_out_of_range_is_refused(repair_queue: QueueHandle) -> None:
+    for bad in (-1.0, 901.0):
+        with pytest.raises(ConfigurationError):
+            await repair_queue.queue.enqueue(uuid.uuid4(), "x", delay_seconds=bad)

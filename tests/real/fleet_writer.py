@@ -36,6 +36,9 @@ async def main(queue_url: str, writer_id: int, count: int) -> None:
         phases=StaticPhaseSource(Phase.DUAL_WRITE),
         repairs=SqsRepairQueue(queue_url),
         clock=HybridClock(writer_id=writer_id),
+        # FerretDB is stopped, not frozen: nothing lands late; a short delay still
+        # exercises the SQS message delay.
+        repair_delay=1.0,
     )
     limit = asyncio.Semaphore(16)
 

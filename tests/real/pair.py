@@ -26,6 +26,9 @@ async def real_repository(
 ) -> AsyncIterator[tuple[SessionRepository, MemoryStores]]:
     """An open repository over fresh real stores (fresh table and collection)."""
     source = StaticPhaseSource(phases) if isinstance(phases, Phase) else phases
+    # The tests drain right after their calls returned and cancel none mid-flight:
+    # nothing can land late, so repairs need not wait.
+    options.setdefault("repair_delay", 0.0)
     cassandra = await open_store("cassandra", role="cassandra")
     documentdb = await open_store("documentdb", role="documentdb")
     calls: list[Call] = []

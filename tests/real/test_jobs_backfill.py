@@ -103,6 +103,7 @@ async def test_backfill_20k_sessions_documentdb_to_cassandra_while_writers_write
             documentdb=pair.documentdb,
             phases=StaticPhaseSource(Phase.RAMPDOWN),  # DocumentDB first, Cassandra second
             repairs=queue,
+            repair_delay=0.0,  # no call is cancelled mid-flight here
         )
         live = [r.session_id for r in records if r.session is not None]
         writers = Writers(repo, random.Random(3).sample(live, 300), count=3)
@@ -178,6 +179,7 @@ async def test_backfill_cassandra_to_documentdb_with_legacy_rows_while_dual_writ
             documentdb=documentdb,
             phases=StaticPhaseSource(Phase.DUAL_WRITE),
             repairs=queue,
+            repair_delay=0.0,  # no call is cancelled mid-flight here
         )
         touched = [r.session_id for r in live[:60]] + [uuid.uuid4() for _ in range(20)]
         writers = Writers(repo, touched, count=4)

@@ -172,6 +172,8 @@ async def _fault_run(phase: Phase, down: str, cassandra: Any, ferretdb: Any) -> 
         documentdb=documentdb,
         phases=StaticPhaseSource(phase),
         repairs=queue,
+        # The stopped server's process is gone: none of its writes can land late.
+        repair_delay=0.0,
     )
     async with repo:
         load = _Load(repo)

@@ -59,7 +59,7 @@ STORES = ("cassandra", "documentdb")
 class RecordingBackend(FaultInjectingBackend):
     """Remembers every record that reached the store (landed or not)."""
 
-    def __init__(self, inner: InMemoryBackend) -> None:
+    def __init__(self, inner: Any) -> None:
         super().__init__(inner)
         self.sent: set[tuple[uuid.UUID, int, bool, str]] = set()
 
@@ -97,10 +97,25 @@ class Proc:
 
 
 class Fleet:
-    def __init__(self, skews: list[float], start: Phase = Phase.CASSANDRA_ONLY) -> None:
+    def __init__(
+        self,
+        skews: list[float],
+        start: Phase = Phase.CASSANDRA_ONLY,
+        *,
+        stores: tuple[Any, Any] | None = None,
+        keys: list[uuid.UUID] | None = None,
+    ) -> None:
         self.time = SimulatedTime(dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
-        self.cassandra = RecordingBackend(InMemoryBackend(name="cassandra"))
-        self.documentdb = RecordingBackend(InMemoryBackend(name="documentdb"))
+        cassandra, documentdb = stores or (
+            InMemoryBackend(name="cassandra"),
+            InMemoryBackend(name="documentdb"),
+        )
+        self.cassandra = RecordingBackend(cassandra)
+        self.documentdb = RecordingBackend(documentdb)
+        self.keys = keys or KEYS
+        # A real store may apply a cancelled call's write after the call gave up: the
+        # repository delays its repair; settling waits that long.
+        self.repair_delay = 0.0 if stores is None else 0.3
         self.queue = InMemoryRepairQueue()
         self.procs = [
             Proc(
@@ -110,6 +125,7 @@ class Fleet:
                     phases=(source := StaticPhaseSource(start)),
                     repairs=self.queue,
                     clock=self.time.clock(skew=skew, writer_id=i + 1),
+                    repair_delay=self.repair_delay,
                 ),
                 source,
             )
@@ -122,7 +138,7 @@ class Fleet:
             retry_delay_seconds=0,
             time_source=self.time,
         )
-        self.acked: dict[uuid.UUID, list[Ack]] = {k: [] for k in KEYS}
+        self.acked: dict[uuid.UUID, list[Ack]] = {k: [] for k in self.keys}
         self.target = PHASES.index(start)  # the phase the operator is moving the fleet to
         self.visited = {start}
         self.backfill_owed = False  # a process wrote Cassandra only since the last backfill
@@ -140,9 +156,10 @@ class Fleet:
     def stores(self) -> tuple[RecordingBackend, RecordingBackend]:
         return self.cassandra, self.documentdb
 
-    def record(self, store: str, sid: uuid.UUID) -> StoredRecord | None:
+    async def record(self, store: str, sid: uuid.UUID) -> StoredRecord | None:
         backend = self.cassandra if store == "cassandra" else self.documentdb
-        return backend.inner.records().get(sid)
+        result: StoredRecord | None = await backend.inner.get(sid)
+        return result
 
     def exempt(self, sid: uuid.UUID) -> bool:
         """Still queued for repair, or a dead letter: the stores may differ for now."""
@@ -180,10 +197,10 @@ class Fleet:
             for s, r, deleted, _ in b.sent
         )
 
-    def check_acknowledged(self, proc: Proc, sid: uuid.UUID, ack: Ack) -> None:
+    async def check_acknowledged(self, proc: Proc, sid: uuid.UUID, ack: Ack) -> None:
         # 9.4: a write that returned is the newest version in the authoritative store.
         auth = PHASE_PLANS[proc.phases.phase].authoritative.value
-        stored = self.record(auth, sid)
+        stored = await self.record(auth, sid)
         assert stored is not None
         assert (stored.revision, stored.deleted) == (ack.revision, ack.deleted)
         assert _digest(stored.session) == ack.digest  # not another write at that revision
@@ -251,7 +268,7 @@ class Fleet:
         for proc in self.procs:
             await proc.repo.wait_for_comparisons()
         for _ in range(10):
-            await self.worker.drain()
+            await self.worker.drain(wait_seconds=self.repair_delay)
             if not self.queue.pending():
                 break
 
@@ -265,8 +282,9 @@ class Fleet:
         self.time.advance(DEFAULT_TOMBSTONE_GRACE + dt.timedelta(days=1))
         backend = self.cassandra if store == "cassandra" else self.documentdb
         cutoff = self.time() - DEFAULT_TOMBSTONE_GRACE // dt.timedelta(microseconds=1)
-        for record in list(backend.inner.records().values()):
-            if record.deleted and record.revision < cutoff:
+        for sid in self.keys:
+            record = await backend.inner.get(sid)
+            if record is not None and record.deleted and record.revision < cutoff:
                 await backend.inner.purge(record.session_id, record.revision)
                 self.forgotten.add(record.session_id)
 
@@ -289,7 +307,7 @@ async def run_step(fleet: Fleet, step: tuple[Any, ...]) -> None:
     kind = step[0]
     if kind in ("save", "rmw", "delete", "read"):
         _, i, k, fault, cancel_after = step
-        proc, sid = fleet.procs[i % len(fleet.procs)], KEYS[k]
+        proc, sid = fleet.procs[i % len(fleet.procs)], fleet.keys[k]
         if fault is not None:
             store, op_fault, after = fault
             backend = fleet.cassandra if store == "cassandra" else fleet.documentdb
@@ -346,22 +364,22 @@ async def call(
     except asyncio.CancelledError:
         return  # not acknowledged; the repository queued what it must
     except ConflictError as exc:
-        check_conflict(fleet, proc, sid, exc)
+        await check_conflict(fleet, proc, sid, exc)
         return
     except BackendError:
         return  # the authoritative store failed: not acknowledged
     if what == "read":
         fleet.check_read(sid, result)
     elif what == "delete":
-        fleet.check_acknowledged(proc, sid, Ack(result, True, ""))
+        await fleet.check_acknowledged(proc, sid, Ack(result, True, ""))
     else:
-        fleet.check_acknowledged(proc, sid, Ack(result.revision, False, _digest(result)))
+        await fleet.check_acknowledged(proc, sid, Ack(result.revision, False, _digest(result)))
 
 
-def check_conflict(fleet: Fleet, proc: Proc, sid: uuid.UUID, conflict: ConflictError) -> None:
+async def check_conflict(fleet: Fleet, proc: Proc, sid: uuid.UUID, conflict: ConflictError) -> None:
     # (c) a conflict is raised, never swallowed, and carries the newer revision that won.
     fleet.conflicts += 1
-    current = fleet.record(PHASE_PLANS[proc.phases.phase].authoritative.value, sid)
+    current = await fleet.record(PHASE_PLANS[proc.phases.phase].authoritative.value, sid)
     assert current is not None and conflict.current_revision is not None
     assert current.revision >= conflict.current_revision > conflict.attempted_revision
 
@@ -374,10 +392,10 @@ async def final_check(fleet: Fleet) -> None:
     phase = PHASES[fleet.target]
     plan = PHASE_PLANS[phase]
     dead = fleet.queue.dead()
-    for sid in KEYS:
-        read_store = fleet.record(plan.read.value, sid)
+    for sid in fleet.keys:
+        read_store = await fleet.record(plan.read.value, sid)
         if plan.secondary is not None and sid not in dead and sid not in fleet.forgotten:
-            other = fleet.record(plan.read.other.value, sid)
+            other = await fleet.record(plan.read.other.value, sid)
             # (c) the stores agree (a tombstone and a forgotten key read the same), or the
             # difference is a dead letter with its id.
             assert _visible(read_store) == _visible(other), (sid, read_store, other)
@@ -389,9 +407,13 @@ async def final_check(fleet: Fleet) -> None:
 
 
 async def run(
-    skews: list[float], steps: list[tuple[Any, ...]], start: Phase = Phase.CASSANDRA_ONLY
+    skews: list[float],
+    steps: list[tuple[Any, ...]],
+    start: Phase = Phase.CASSANDRA_ONLY,
+    **stores: Any,
 ) -> Fleet:
-    fleet = Fleet(skews, start)
+    """Run ``steps``; ``stores``: ``stores=(cassandra, documentdb)`` and ``keys`` (real)."""
+    fleet = Fleet(skews, start, **stores)
     for proc in fleet.procs:
         await proc.repo.__aenter__()
     try:

@@ -34,7 +34,7 @@ async def test_rehearsal_converges() -> None:
 
 
 async def test_rehearsal_detects_a_lost_repair(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def forget(self: SessionRepository, sid: object, reason: str) -> None:
+    async def forget(self: SessionRepository, sid: object, *reason: object) -> None:
         return None
 
     monkeypatch.setattr(SessionRepository, "_enqueue", forget)
