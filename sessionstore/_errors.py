@@ -68,7 +68,7 @@ class SessionTooLargeError(InvalidSessionError):
 
 class InvalidRevisionError(InvalidSessionError):
     """A revision is not an int in ``[1, 2**63)`` (0 where "none" is allowed), or lies
-    further ahead of this process's clock than the repository's ``max_clock_skew``.
+    further ahead of this process's clock than its ``max_skew`` (see HybridClock).
 
     ``revision`` is the refused value when it was an int in range (else None).
     """
@@ -83,9 +83,11 @@ class ConflictError(SessionStoreError):
 
     Raised when the authoritative store already holds a newer revision (another writer
     got there first, possibly with a clock ahead of this one), or, with
-    ``expected_revision``, when the stored revision is not the expected one. Nothing of
-    this call is visible to readers then. ``current_revision`` is the stored revision
-    when known; read the session again and retry on top of it.
+    ``expected_revision``, when the stored revision is not the expected one. The stored
+    version is not this call's (on Cassandra, this write may have landed and been
+    replaced before it was read back; in the dual-write phases the session is queued
+    for repair). ``current_revision`` is the stored revision when known; read the
+    session again and retry on top of it.
     """
 
     def __init__(

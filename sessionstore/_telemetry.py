@@ -216,7 +216,7 @@ class Telemetry:
         self._enqueue_failures.add(1, {"error.type": error})
 
     def repair_completed(self, outcome: str) -> None:
-        """Count a finished repair: ``copied``, ``in_sync`` or ``failed``."""
+        """Count a finished repair, by :class:`~sessionstore.RepairOutcome` value."""
         self.stats.repairs_completed += 1
         self._completed.add(1, {"sessionstore.outcome": outcome})
 

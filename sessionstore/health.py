@@ -1,8 +1,8 @@
 """Health: is each store answering, are the breakers closed, is the repair queue draining.
 
-:meth:`SessionRepository.health` (and ``sessionstore check``) builds a
-:class:`HealthReport` with read-only probes: one read of a random key per store and
-the queue's counts, each within a deadline. Nothing is written, no index is created.
+:meth:`SessionRepository.health` builds a :class:`HealthReport` with read-only probes:
+one read of a random key per store and the queue's counts, each within a deadline.
+Nothing is written, no index is created.
 
 Example::
 
