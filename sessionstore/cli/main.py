@@ -22,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sessionstore.cli import jobs, phase, rehearse, repair
+from sessionstore.cli import jobs, phase, rehearse, repair, worker
 
 __all__ = ["main"]
 
@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     repair.add_parser(sub)
     phase.add_parsers(sub)
     rehearse.add_parser(sub)
+    worker.add_parser(sub)
     return parser
 
 
@@ -51,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return repair.command(args)
     if args.command in ("phase", "phases"):
         return phase.command(args)
+    if args.command == "worker":
+        return worker.command(args)
     return rehearse.command(args)
 
 
