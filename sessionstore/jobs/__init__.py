@@ -31,10 +31,12 @@ from sessionstore.jobs.engine import (
     PageBudget,
     UnitResult,
 )
+from sessionstore.jobs.handler import UnitRunner
 from sessionstore.jobs.reconcile import ReconcileReport, reconcile
 from sessionstore.jobs.rehearsal import RehearsalConfig, RehearsalReport, run_rehearsal
 from sessionstore.jobs.settings import ConnectionSettings
 from sessionstore.jobs.throttle import RateLimiter, RetryPolicy, Throttle
+from sessionstore.jobs.unit_queue import InMemoryUnitQueue, QueuedMessage, SqsUnitQueue
 from sessionstore.jobs.units import (
     JobAction,
     UnitKind,
@@ -48,6 +50,7 @@ from sessionstore.jobs.units import (
     shard,
 )
 from sessionstore.jobs.verify import VerifyJob
+from sessionstore.jobs.worker import QueueWorker, WorkerReport
 
 __all__ = [
     "DEFAULT_PAGE_BYTES",
@@ -55,12 +58,15 @@ __all__ = [
     "CheckpointError",
     "CheckpointStore",
     "ConnectionSettings",
+    "InMemoryUnitQueue",
     "JobAction",
     "JobProgress",
     "JobRecord",
     "JobReport",
     "MemoryCheckpointStore",
     "PageBudget",
+    "QueueWorker",
+    "QueuedMessage",
     "RateLimiter",
     "ReconcileReport",
     "RecordsRejectedError",
@@ -68,13 +74,16 @@ __all__ = [
     "RehearsalReport",
     "RetryPolicy",
     "SqliteCheckpointStore",
+    "SqsUnitQueue",
     "Throttle",
     "UnitKind",
     "UnitRecord",
     "UnitResult",
+    "UnitRunner",
     "UnitState",
     "VerifyJob",
     "WorkUnit",
+    "WorkerReport",
     "parse_range",
     "parse_shard",
     "plan_fingerprint",

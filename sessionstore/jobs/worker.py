@@ -20,8 +20,8 @@ What ``sessionstore worker QUEUE_URL`` runs, one process of a fleet. Per message
 Stores are opened once per process by the caller and shared by every unit (see
 :class:`~sessionstore.jobs.handler.UnitRunner`). Example::
 
-    async with SqsUnitQueue.from_url(url) as queue:  # doctest: +SKIP
-        report = await QueueWorker(queue, UnitRunner(stores), concurrency=8).run(stop)
+    queue = SqsUnitQueue.from_url("https://sqs.eu-west-1.amazonaws.com/123/backfill-units")
+    report = await QueueWorker(queue, UnitRunner(stores), concurrency=8).run(stop)
 """
 
 from __future__ import annotations
