@@ -276,6 +276,9 @@ def sqs_handler(event: Mapping[str, Any], context: object = None) -> dict[str, A
         except SessionStoreError as exc:
             log.error("unit message %s failed: %s", message_id, describe_error(exc))
             return {"itemIdentifier": message_id}
+        except Exception:  # a bug in one unit fails its message, not the batch
+            log.exception("unit message %s failed unexpectedly", message_id)
+            return {"itemIdentifier": message_id}
         log.info("unit done: %s", json.dumps(_summary(unit, result)))
         return None
 

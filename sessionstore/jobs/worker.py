@@ -268,6 +268,10 @@ class QueueWorker:
                 # Credentials or permissions: every other unit would fail the same way.
                 self.report.stopped = f"stopped after an error retrying cannot fix: {exc}"
             return
+        except Exception as exc:  # a bug in one unit must not end the fleet
+            log.exception("unit %s of job %s failed unexpectedly", unit.unit_id, unit.job)
+            await self._failed(message, unit.unit_id, exc)
+            return
         self._failures_in_row = 0
         self.report.add(unit, result)
         try:
@@ -278,6 +282,7 @@ class QueueWorker:
         log.info("unit %s of job %s done: %s", unit.unit_id, unit.job, dict(result.counts))
 
     async def _failed(self, message: QueuedMessage, what: str, exc: BaseException) -> None:
+        self._in_hand.pop(message.receipt_handle, None)  # no heartbeat over the retry delay
         self.report.fail(what, describe_error(exc))
         self._failures_in_row += 1
         if self._failures_in_row >= self.max_failures and self.report.stopped is None:

@@ -105,6 +105,30 @@ async def test_a_failed_unit_returns_to_the_queue_and_dead_letters_after_max_rec
     assert stores.documentdb.records() == stores.cassandra.records()
 
 
+async def test_an_unexpected_error_fails_the_unit_not_the_worker(stores: Stores) -> None:
+    queue = InMemoryUnitQueue(visibility_timeout=30, max_receive_count=1)
+    await queue.enqueue(stores.plan(3))
+    runner = stores.runner()
+    run = runner.run
+    calls = 0
+
+    async def buggy(unit: WorkUnit) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return await run(unit)
+
+    runner.run = buggy  # type: ignore[assignment, method-assign]
+    report = await QueueWorker(
+        queue, runner, wait_seconds=1, until_drained=True, retry_delay=0
+    ).run()
+
+    assert (report.units_done, report.units_failed) == (2, 1)
+    assert list(report.failures.values()) == ["RuntimeError: a bug"]
+    assert len(queue.dead_letters) == 1  # handed back, then dead-lettered (1 receive)
+
+
 async def test_a_rejected_request_stops_the_worker_and_leaves_units_queued(
     stores: Stores,
 ) -> None:
