@@ -180,7 +180,7 @@ async def _run(args: argparse.Namespace, stop: asyncio.Event) -> int:
     stores = {s: jobs.make_backend(settings, s, insert_first=True) for s in Store}
     try:
         for store, backend in stores.items():
-            await common.probe(backend, store.value, settings.describe(store))
+            await common.probe(backend, "store", settings.describe(store))
         try:
             counts = await queue.counts()
         except BackendRejectedError as exc:

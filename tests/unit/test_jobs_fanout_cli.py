@@ -177,5 +177,5 @@ def test_worker_exit_codes(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> 
     fleet.down.add(Store.CASSANDRA)  # a store that cannot be reached: exit 3, no receive
     asyncio.run(fleet.queue.put_raw("waiting"))
     assert main(WORKER) == 3
-    assert "cannot reach the cassandra" in capsys.readouterr().err
+    assert "cannot reach the store cassandra" in capsys.readouterr().err
     assert asyncio.run(fleet.queue.counts()).visible == 1
