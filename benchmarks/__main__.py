@@ -1,7 +1,7 @@
 """``python -m benchmarks``: run the benchmarks, print the table, write the JSON.
 
 Options: ``--out PATH`` (default bench-results/bench.json), ``--only a,b`` (sections:
-latency, flags, load, backfill, verify, memory), ``--quick`` (a smoke run with small
+latency, flags, load, backfill, verify, memory, fanout), ``--quick`` (a smoke run with small
 sizes; its figures mean little), ``--memory-sizes 10000,100000``.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks._env import Servers
 
-SECTIONS = ("latency", "flags", "load", "backfill", "verify", "memory")
+SECTIONS = ("latency", "flags", "load", "backfill", "verify", "memory", "fanout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +45,12 @@ class Sizes:
     docdb_rounds: int = 4
     cassandra_rounds: int = 2
     concurrencies: tuple[int, ...] = (1, 4, 16, 64)
+    fanout_sessions: int = 4000
+    fanout_large: int = 320
+    fanout_large_kb: int = 400
+    fanout_workers: tuple[int, ...] = (1, 2, 4)
+    fanout_concurrency: int = 4
+    fanout_rounds: int = 2
 
 
 QUICK = Sizes(
@@ -61,6 +67,9 @@ QUICK = Sizes(
     cassandra_mixed=20,
     docdb_rounds=1,
     cassandra_rounds=1,
+    fanout_sessions=400,
+    fanout_large=20,
+    fanout_rounds=1,
 )
 
 
@@ -157,6 +166,22 @@ async def _run(args: argparse.Namespace, sizes: Sizes) -> tuple[list[report.Row]
             t0 = time.perf_counter()
             rows += await memory.run(servers, counts)
             timings["memory"] = time.perf_counter() - t0
+        if "fanout" in only:
+            from benchmarks import fanout
+
+            _log("item 4, fan-out: worker processes over an SQS queue vs one backfill")
+            t0 = time.perf_counter()
+            rows += await fanout.run(
+                servers,
+                count=sizes.fanout_sessions,
+                large_count=sizes.fanout_large,
+                large_kb=sizes.fanout_large_kb,
+                workers=sizes.fanout_workers,
+                concurrency=sizes.fanout_concurrency,
+                rounds=sizes.fanout_rounds,
+                log=_log,
+            )
+            timings["fanout"] = time.perf_counter() - t0
     return rows, {"section_seconds": {k: round(v, 1) for k, v in timings.items()}}
 
 

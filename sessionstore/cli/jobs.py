@@ -16,7 +16,7 @@ from typing import Any
 
 from sessionstore.backends.base import SessionBackend
 from sessionstore.cli import _common as common
-from sessionstore.cli import runs
+from sessionstore.cli import enqueue, runs
 from sessionstore.cli._common import CommandError
 from sessionstore.cli.progress import ProgressBar
 from sessionstore.jobs.backfill import BackfillJob
@@ -49,6 +49,9 @@ __all__ = [
 ]
 
 DEFAULT_CHECKPOINT = "sessionstore-checkpoints.db"
+#: Ids per unit: in one process, and in a queue message (the original migration's 20).
+DEFAULT_BATCH = 500
+DEFAULT_QUEUE_BATCH = 20
 
 
 def make_backend(
@@ -115,11 +118,25 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
         default=runs.DEFAULT_PARTS,
         help=f"units per range ({runs.DEFAULT_PARTS})",
     )
-    what.add_argument("--batch", type=common.positive_int, default=500, help="ids per unit")
+    what.add_argument(
+        "--batch",
+        type=common.positive_int,
+        help=f"ids per unit ({DEFAULT_BATCH}; {DEFAULT_QUEUE_BATCH} with --enqueue)",
+    )
     what.add_argument("--shard", metavar="i/N", help="run only shard i of N (0-based; needs --job)")
     run = add_run_flags(parser)
     run.add_argument(
         "--print-units", action="store_true", help="print the units as JSON lines and exit"
+    )
+    run.add_argument(
+        "--enqueue",
+        metavar="QUEUE_URL",
+        help="send the units to this SQS queue for `sessionstore worker` or Lambda, and exit",
+    )
+    run.add_argument(
+        "--sqs-endpoint",
+        metavar="URL",
+        help="with --enqueue: an SQS-compatible server (SESSIONSTORE_SQS_ENDPOINT)",
     )
     run.add_argument(
         "--dry-run", action="store_true", help="check inputs and stores, write nothing"
@@ -255,8 +272,11 @@ async def _run(args: argparse.Namespace) -> int:
     named = runs.check_run_flags(args)
     name = named or runs.new_job_name(args, action, ids)
     static_plan = _static_plan(args, action, name, ids)  # validates --range, --parts
-    if args.print_units:
-        _print_units(shard(static_plan, *shard_spec) if shard_spec else static_plan)
+    if args.print_units or args.enqueue:
+        units = shard(static_plan, *shard_spec) if shard_spec else static_plan
+        if args.enqueue:
+            return await enqueue.enqueue_units(args, action, name, units)
+        _print_units(units)
         return common.EXIT_OK
 
     settings = common.connection_settings(args)
@@ -344,6 +364,25 @@ def _check_options(args: argparse.Namespace, action: JobAction) -> None:
         raise CommandError(common.EXIT_USAGE, "--target must be the other store than --source")
     if action is JobAction.VERIFY and args.sample <= 0:
         raise CommandError(common.EXIT_USAGE, "--sample must be above 0")
+    if args.enqueue:
+        clashing = [
+            flag
+            for flag, given in (
+                ("--print-units", args.print_units),
+                ("--resume", args.resume is not None),
+                ("--restart", args.restart),
+            )
+            if given
+        ]
+        if clashing:
+            raise CommandError(
+                common.EXIT_USAGE,
+                f"--enqueue reads no checkpoint and prints no units: drop {', '.join(clashing)}",
+            )
+    elif args.sqs_endpoint:
+        raise CommandError(common.EXIT_USAGE, "--sqs-endpoint goes with --enqueue")
+    if args.batch is None:
+        args.batch = DEFAULT_QUEUE_BATCH if args.enqueue else DEFAULT_BATCH
 
 
 def _print_units(units: list[WorkUnit]) -> None:

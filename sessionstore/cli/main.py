@@ -22,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sessionstore.cli import jobs, phase, purge, rehearse, repair
+from sessionstore.cli import jobs, phase, purge, rehearse, repair, worker
 
 __all__ = ["main"]
 
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     repair.add_parser(sub)
     phase.add_parsers(sub)
     rehearse.add_parser(sub)
+    worker.add_parser(sub)
     return parser
 
 
@@ -54,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return repair.command(args)
     if args.command in ("phase", "phases"):
         return phase.command(args)
+    if args.command == "worker":
+        return worker.command(args)
     return rehearse.command(args)
 
 

@@ -31,11 +31,13 @@ from sessionstore.jobs.engine import (
     PageBudget,
     UnitResult,
 )
+from sessionstore.jobs.handler import UnitRunner
 from sessionstore.jobs.purge import PurgeJob
 from sessionstore.jobs.reconcile import ReconcileReport, reconcile
 from sessionstore.jobs.rehearsal import RehearsalConfig, RehearsalReport, run_rehearsal
 from sessionstore.jobs.settings import ConnectionSettings
 from sessionstore.jobs.throttle import RateLimiter, RetryPolicy, Throttle
+from sessionstore.jobs.unit_queue import InMemoryUnitQueue, QueuedMessage, SqsUnitQueue
 from sessionstore.jobs.units import (
     JobAction,
     UnitKind,
@@ -49,6 +51,7 @@ from sessionstore.jobs.units import (
     shard,
 )
 from sessionstore.jobs.verify import VerifyJob
+from sessionstore.jobs.worker import QueueWorker, WorkerReport
 
 __all__ = [
     "DEFAULT_PAGE_BYTES",
@@ -56,6 +59,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointStore",
     "ConnectionSettings",
+    "InMemoryUnitQueue",
     "JobAction",
     "JobProgress",
     "JobRecord",
@@ -63,6 +67,8 @@ __all__ = [
     "MemoryCheckpointStore",
     "PageBudget",
     "PurgeJob",
+    "QueueWorker",
+    "QueuedMessage",
     "RateLimiter",
     "ReconcileReport",
     "RecordsRejectedError",
@@ -70,13 +76,16 @@ __all__ = [
     "RehearsalReport",
     "RetryPolicy",
     "SqliteCheckpointStore",
+    "SqsUnitQueue",
     "Throttle",
     "UnitKind",
     "UnitRecord",
     "UnitResult",
+    "UnitRunner",
     "UnitState",
     "VerifyJob",
     "WorkUnit",
+    "WorkerReport",
     "parse_range",
     "parse_shard",
     "plan_fingerprint",

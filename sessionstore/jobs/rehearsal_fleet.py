@@ -27,7 +27,6 @@ import uuid
 from collections.abc import Callable
 
 from sessionstore._errors import BackendError, BackendTimeoutError, ConflictError
-from sessionstore.backends.base import StoredRecord
 from sessionstore.jobs.backfill import BackfillJob
 from sessionstore.jobs.purge import PurgeJob
 from sessionstore.jobs.throttle import RetryPolicy
@@ -88,6 +87,9 @@ class _Stage:
         self.keys = [uuid.UUID(int=self.rng.getrandbits(128)) for _ in range(keys)]
         self.report = FleetReport()
         self.acked: dict[uuid.UUID, tuple[int, bool]] = {}
+        # Sessions with a delete whose caller never learnt the outcome (cancelled or
+        # failed): it may have landed, and then been purged with the older records.
+        self.unacked_deletes: set[uuid.UUID] = set()
         self.repair_delay = repair_delay
         self.sources = [StaticPhaseSource(WALK[0]) for _ in SKEWS]
         self.repos = [
@@ -132,7 +134,9 @@ class _Stage:
                 saved = await repo.save(_session(sid, self.rng))
                 self.ack(sid, saved.revision, False)
             elif roll < 0.75:
+                self.unacked_deletes.add(sid)
                 self.ack(sid, await repo.delete(sid), True)
+                self.unacked_deletes.discard(sid)
             else:
                 await repo.get(sid)
         except ConflictError:
@@ -224,22 +228,24 @@ class _Stage:
         repo = self.repos[0]
         for sid, (revision, deleted) in self.acked.items():
             records = [await store.get(sid) for store in (self.cassandra, self.documentdb)]
+            stored = [r for r in records if r is not None]
+            newest = max(stored, key=lambda r: r.revision) if stored else None
             read = await repo.get(sid)
+            # A write whose caller was cancelled may have landed after an acknowledged
+            # one: only a newer revision may stand in for an acknowledged write.
             if deleted:
-                # A deleted session: not readable, and no automatic process copied it
-                # back into a store that had forgotten it (a dead letter says so).
-                if read is not None or (sid not in dead and any(_live(r) for r in records)):
+                # Nothing older than the deletion readable again, and no automatic
+                # process copied it into a store that had forgotten the deletion (a
+                # dead letter says so when one store still holds a stale copy).
+                older_live = [r for r in stored if not r.deleted and r.revision < revision]
+                if (read is not None and read.revision < revision) or (
+                    older_live and sid not in dead
+                ):
                     self.report.resurrected += 1
-            elif not any(_holds(r, revision) for r in records) or read is None:
+            elif newest is None and sid in self.unacked_deletes:
+                continue  # a delete of unknown outcome landed, then was purged
+            elif newest is None or newest.revision < revision:
                 self.report.lost_writes += 1
-
-
-def _live(record: StoredRecord | None) -> bool:
-    return record is not None and not record.deleted
-
-
-def _holds(record: StoredRecord | None, revision: int) -> bool:
-    return record is not None and record.revision >= revision
 
 
 def _skewed(seconds: float) -> Callable[[], int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -15,20 +15,43 @@ from tests.helpers import make_session
 
 
 class _Kept(InMemoryBackend):
+    """Keeps its data when closed, and counts how often it was opened and closed."""
+
+    opened = 0
+    closed = 0
+
+    async def _open(self) -> None:
+        self.opened += 1
+        await super()._open()
+
     async def _close(self) -> None:
-        return None
+        self.closed += 1
+
+
+class _Stores(dict[Store, _Kept]):
+    """The two fake stores, and how many times the handler built a set of stores."""
+
+    built = 0
 
 
 @pytest.fixture
-def stores(monkeypatch: pytest.MonkeyPatch) -> dict[Store, InMemoryBackend]:
-    data = {s: _Kept(name=s.value) for s in Store}
+def stores(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Stores]:
+    data = _Stores({s: _Kept(name=s.value) for s in Store})
 
     @contextlib.asynccontextmanager
     async def open_fakes(settings: Any = None) -> AsyncIterator[dict[Store, SessionBackend]]:
         yield dict(data)
 
+    def build_fakes(settings: Any = None) -> dict[Store, SessionBackend]:
+        data.built += 1
+        return dict(data)
+
     monkeypatch.setattr(handler, "open_stores", open_fakes)
-    return data
+    monkeypatch.setattr(handler, "build_stores", build_fakes)
+    try:
+        yield data
+    finally:
+        handler.close_warm_stores()
 
 
 async def _seed(store: InMemoryBackend, n: int) -> None:
@@ -36,7 +59,7 @@ async def _seed(store: InMemoryBackend, n: int) -> None:
         await store.save(make_session(revision=10 + i))
 
 
-async def test_run_work_unit_copies_one_unit(stores: dict[Store, InMemoryBackend]) -> None:
+async def test_run_work_unit_copies_one_unit(stores: _Stores) -> None:
     c, d = stores[Store.CASSANDRA], stores[Store.DOCUMENTDB]
     await _seed(c, 30)
     units = BackfillJob(c, d, name="bf").plan(parts=3)
@@ -51,7 +74,7 @@ async def test_run_work_unit_copies_one_unit(stores: dict[Store, InMemoryBackend
 
 
 def test_sqs_handler_reports_only_failed_messages(
-    stores: dict[Store, InMemoryBackend],
+    stores: _Stores,
 ) -> None:
     import asyncio
 
@@ -71,8 +94,27 @@ def test_sqs_handler_reports_only_failed_messages(
     assert c.records() == d.records()
 
 
+def test_warm_invocations_reuse_the_containers_stores(stores: _Stores) -> None:
+    import asyncio
+
+    c, d = stores[Store.CASSANDRA], stores[Store.DOCUMENTDB]
+    asyncio.run(_seed(c, 10))
+    first, second = BackfillJob(c, d, name="bf").plan(parts=2)
+
+    for unit in (first, second):  # two invocations of one container
+        event = {"Records": [{"messageId": unit.unit_id, "body": unit.to_json()}]}
+        assert handler.sqs_handler(event, None) == {"batchItemFailures": []}
+
+    assert stores.built == 1
+    assert (c.opened, d.opened) == (1, 1)
+    assert (c.closed, d.closed) == (0, 0)
+    assert d.records() == c.records()
+    handler.close_warm_stores()
+    assert (c.closed, d.closed) == (1, 1)
+
+
 def test_run_message_rejects_malformed_messages_before_any_store(
-    stores: dict[Store, InMemoryBackend],
+    stores: _Stores,
 ) -> None:
     with pytest.raises(ConfigurationError, match="invalid work unit"):
         handler.run_message('{"job": "x"}')
