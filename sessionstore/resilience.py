@@ -53,8 +53,8 @@ class Timeouts:
     what the caller can count on.
     """
 
-    read: float = 1.0
-    write: float = 2.0
+    read: float = 2.0
+    write: float = 5.0
     secondary_write: float = 0.5
     shadow_read: float = 0.5
     call: float | None = None

@@ -35,6 +35,13 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--history", type=int, default=500, help="sessions seeded before dual-write")
     r.add_argument("--parts", type=common.positive_int, default=32, help="job units per pass")
     r.add_argument("--seed", type=int, default=2026)
+    r.add_argument(
+        "--fleet-calls",
+        type=int,
+        default=150,
+        metavar="N",
+        help="calls per process and phase in the fleet stage (150); 0 skips the stage",
+    )
     r.add_argument("--queue", type=Path, help="SQLite repair queue file (a temporary one)")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     real = r.add_argument_group("real servers")
@@ -52,8 +59,8 @@ def add_parser(sub: Any) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """Run the rehearsal; 0 if both stores converged, 1 if not."""
-    if args.history < 0:
-        common.error("--history must not be negative")
+    if args.history < 0 or args.fleet_calls < 0:
+        common.error("--history and --fleet-calls must not be negative")
         return common.EXIT_USAGE
     config = RehearsalConfig(
         keys=args.keys,
@@ -65,6 +72,8 @@ def command(args: argparse.Namespace) -> int:
         parts=args.parts,
         queue_path=args.queue,
         serialize_documentdb_writes=args.real,
+        fleet=args.fleet_calls > 0,
+        fleet_calls=max(args.fleet_calls, 1),
     )
     common.setup_logging(False)
     return common.run(_run(args, config))

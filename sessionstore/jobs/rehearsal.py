@@ -314,6 +314,7 @@ class _Rehearsal:
                     seed=self.config.seed,
                     repair_delay=self.repair_delay,
                     fault_rate=self.config.fault_rate,
+                    parts=self.config.parts,
                 )
         return self.report
 

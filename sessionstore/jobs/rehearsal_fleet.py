@@ -81,8 +81,10 @@ class _Stage:
         keys: int,
         seed: int,
         repair_delay: float,
+        parts: int,
     ) -> None:
         self.cassandra, self.documentdb, self.queue = cassandra, documentdb, queue
+        self.parts = parts
         self.rng = random.Random(seed)
         self.keys = [uuid.UUID(int=self.rng.getrandbits(128)) for _ in range(keys)]
         self.report = FleetReport()
@@ -209,16 +211,16 @@ class _Stage:
         purge = PurgeJob(
             self.cassandra, self.documentdb, name="rehearsal-fleet-purge", time_source=later
         )
-        self.report.tombstones_purged = (await purge.run(purge.plan(parts=4))).counts["purged"]
+        report = await purge.run(purge.plan(parts=self.parts))
+        self.report.tombstones_purged = report.counts["purged"]
         # What a rollback then runs: a backfill each way, verify with repair.
-        for source, target in (
-            (self.cassandra, self.documentdb),
-            (self.documentdb, self.cassandra),
-        ):
+        pairs = ((self.cassandra, self.documentdb), (self.documentdb, self.cassandra))
+        for source, target in pairs:
             name = f"rehearsal-fleet-{source.name}"
-            await BackfillJob(source, target, name=name, retry=_FAST_RETRY).run()
-            await VerifyJob(source, target, repair=True, retry=_FAST_RETRY).run()
-        await self.worker(time_source=later).drain(wait_seconds=self.repair_delay)
+            backfill = BackfillJob(source, target, name=name, retry=_FAST_RETRY)
+            await backfill.run(backfill.plan(parts=self.parts))
+            verify = VerifyJob(source, target, repair=True, retry=_FAST_RETRY)
+            await verify.run(verify.plan(parts=self.parts))
 
     # -- the checks --------------------------------------------------------------------
 
@@ -272,9 +274,21 @@ async def run_fleet_stage(
     seed: int = 2026,
     repair_delay: float = 0.0,
     fault_rate: float = 0.05,
+    parts: int = 4,
 ) -> FleetReport:
-    """Run the fleet stage on open stores and queue; see the module docstring."""
-    stage = _Stage(cassandra, documentdb, queue, keys=keys, seed=seed, repair_delay=repair_delay)
+    """Run the fleet stage on open stores and queue; see the module docstring.
+
+    ``parts``: units per key space of the purge, backfill and verify jobs.
+    """
+    stage = _Stage(
+        cassandra,
+        documentdb,
+        queue,
+        keys=keys,
+        seed=seed,
+        repair_delay=repair_delay,
+        parts=parts,
+    )
     for repo in stage.repos:
         await repo.__aenter__()
     try:

@@ -30,6 +30,7 @@ from sessionstore import (
     SessionStatus,
     StaticPhaseSource,
     StoredRecord,
+    Timeouts,
 )
 from sessionstore.jobs import BackfillJob, JobReport, VerifyJob
 from sessionstore.testing import KeySerializingBackend
@@ -104,6 +105,10 @@ async def test_backfill_20k_sessions_documentdb_to_cassandra_while_writers_write
             phases=StaticPhaseSource(Phase.RAMPDOWN),  # DocumentDB first, Cassandra second
             repairs=queue,
             repair_delay=0.0,  # no call is cancelled mid-flight here
+            # FerretDB scans all 20k documents for each conditional write (no index use
+            # for binary _ids): under the backfill a write takes seconds, not the
+            # milliseconds the default deadlines are made for.
+            timeouts=Timeouts(read=60, write=60, secondary_write=60),
         )
         live = [r.session_id for r in records if r.session is not None]
         writers = Writers(repo, random.Random(3).sample(live, 300), count=3)

@@ -304,7 +304,7 @@ def test_rehearse_on_the_real_servers(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     argv = ["rehearse", "--real", "--keys", "40", "--ops-per-phase", "60"]
-    argv += ["--history", "60", "--parts", "4", "--json"]
+    argv += ["--history", "60", "--parts", "4", "--fleet-calls", "20", "--json"]
     with monkeypatch.context() as m:
         # The scratch stores follow the backends' rules: no plaintext credentials.
         m.setenv("SESSIONSTORE_CASSANDRA_USERNAME", "svc")
@@ -317,3 +317,8 @@ def test_rehearse_on_the_real_servers(
     assert report["ok"] is True
     assert report["history_copied"] > 0 and report["reverse_copied"] > 0
     assert [v["differences"] for v in report["verifications"]] == [0, 0, 0]
+    fleet = report["fleet"]
+    assert (fleet["lost_writes"], fleet["resurrected"]) == (0, 0)
+    assert fleet["tombstones_forgotten"] > 0
+    # The stale copies left where a store forgot a deletion are reported, by id.
+    assert set(fleet["dead_letters"].values()) == {"possibly_deleted"}
