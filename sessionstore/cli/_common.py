@@ -11,9 +11,9 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sessionstore._errors import (
     BackendError,
@@ -24,6 +24,8 @@ from sessionstore._errors import (
 from sessionstore.backends.base import SessionBackend
 from sessionstore.jobs.settings import ConnectionSettings
 from sessionstore.phases import Store
+
+_T = TypeVar("_T")
 
 #: Exit codes (docs/cli.md): scripts can rely on them.
 EXIT_OK = 0
@@ -191,9 +193,21 @@ def setup_logging(verbose: bool) -> None:
 
 async def probe(backend: SessionBackend, role: str, where: str) -> None:
     """Open ``backend`` and read one key: proves reachability and credentials, writes nothing."""
-    try:
+
+    async def read_one() -> None:
         await backend.__aenter__()
         await backend.get(uuid.UUID(int=0))
+
+    await probed(read_one(), role, where)
+
+
+async def probed(call: Awaitable[_T], role: str, where: str) -> _T:
+    """Await a read-only ``call`` to a store or queue; its failure ends the command.
+
+    Bad settings are exit 2; refused credentials and unreachable servers exit 3.
+    """
+    try:
+        return await call
     except (ConfigurationError, InvalidSessionError) as exc:
         raise CommandError(EXIT_USAGE, f"{role} {where}: {exc}") from None
     except BackendRejectedError as exc:
@@ -203,6 +217,36 @@ async def probe(backend: SessionBackend, role: str, where: str) -> None:
         ) from None
     except BackendError as exc:
         raise CommandError(EXIT_UNREACHABLE, f"cannot reach the {role} {where}: {exc}") from None
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event, message: str) -> Iterator[None]:
+    """The first SIGTERM/SIGINT sets ``stop`` (finish what is in hand), a second cancels.
+
+    ``message`` is printed at the first signal. Afterwards the signals cancel the
+    command, as :func:`run` has them do (exit 130).
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_signal() -> None:
+        if stop.is_set():
+            task.cancel()
+            return
+        info(message)
+        stop.set()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, task.cancel)
 
 
 def run(coro: Coroutine[Any, Any, int], *, interrupted_hint: str = "") -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from sessionstore._errors import BackendError, BackendRejectedError
+from sessionstore._errors import BackendError
 from sessionstore.cli import _common as common
 from sessionstore.cli._common import CommandError
 from sessionstore.jobs.unit_queue import SqsUnitQueue
@@ -25,14 +25,7 @@ async def enqueue_units(
 ) -> int:
     """Send ``units`` to ``args.enqueue``; prints the job name and the count."""
     queue = SqsUnitQueue.from_url(args.enqueue, endpoint_url=args.sqs_endpoint)
-    try:
-        counts = await queue.counts()
-    except BackendRejectedError as exc:
-        raise CommandError(
-            common.EXIT_UNREACHABLE, f"the queue refused the request: {exc}"
-        ) from None
-    except BackendError as exc:
-        raise CommandError(common.EXIT_UNREACHABLE, f"cannot reach the queue: {exc}") from None
+    counts = await common.probed(queue.counts(), "queue", args.enqueue)
     source = args.source
     common.info(f"{action} {source} -> {source.other}: job {name!r}, {len(units)} units")
     if counts.visible or counts.in_flight or counts.delayed:

@@ -29,11 +29,10 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
-import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sessionstore._errors import BackendError, BackendRejectedError
@@ -240,7 +239,9 @@ async def _follow(
         await _requeue(queue, requeue)
         worker = _worker(args, stores, queue)
         stop = asyncio.Event()
-        with _stop_on_signals(stop):
+        with common.stop_on_signals(
+            stop, "repair: stopping after the tasks in hand (signal again to stop now)"
+        ):
             common.info(f"repair: following {args.queue} (SIGTERM or Ctrl-C to stop)")
             total = await worker.follow(
                 stop,
@@ -264,33 +265,6 @@ async def _follow(
         _print_dead(dead)
         print(f"result: {result}")
     return code
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set ``stop`` (finish the tasks in hand); a second one cancels now."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-
-    def on_signal() -> None:
-        if stop.is_set():
-            task.cancel()
-            return
-        common.info("repair: stopping after the tasks in hand (signal again to stop now)")
-        stop.set()
-
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal)
-    try:
-        yield
-    finally:
-        for sig in signals:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                # Back to the command's own handling (cancel: exit 130).
-                loop.add_signal_handler(sig, task.cancel)
 
 
 def _log_batch(args: argparse.Namespace, report: RepairReport) -> None:

@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 from typing import Any
 
 from sessionstore._errors import (
-    BackendError,
-    BackendRejectedError,
     ConfigurationError,
     InvalidSessionError,
 )
@@ -147,31 +143,14 @@ def command(args: argparse.Namespace) -> int:
 
 async def _guarded(args: argparse.Namespace) -> int:
     """The first signal stops the worker gracefully, a second one at once."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
     stop = asyncio.Event()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            task.cancel()
-        else:
-            common.info("stopping: no new units; the units in hand finish (signal again: now)")
-            stop.set()
-
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal)
+    message = "stopping: no new units; the units in hand finish (signal again: now)"
     try:
-        return await _run(args, stop)
+        with common.stop_on_signals(stop, message):
+            return await _run(args, stop)
     except asyncio.CancelledError:
         common.error("interrupted; the units in hand were released to the queue")
         return common.EXIT_INTERRUPTED
-    finally:
-        for sig in signals:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
 
 
 async def _run(args: argparse.Namespace, stop: asyncio.Event) -> int:
@@ -181,14 +160,7 @@ async def _run(args: argparse.Namespace, stop: asyncio.Event) -> int:
     try:
         for store, backend in stores.items():
             await common.probe(backend, "store", settings.describe(store))
-        try:
-            counts = await queue.counts()
-        except BackendRejectedError as exc:
-            raise CommandError(
-                common.EXIT_UNREACHABLE, f"the queue refused the request: {exc}"
-            ) from None
-        except BackendError as exc:
-            raise CommandError(common.EXIT_UNREACHABLE, f"cannot reach the queue: {exc}") from None
+        counts = await common.probed(queue.counts(), "queue", args.queue_url)
         common.info(
             f"worker on {args.queue_url}: {args.concurrency} units at once; about "
             f"{counts.visible} units waiting, {counts.in_flight} in flight"
