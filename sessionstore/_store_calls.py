@@ -99,8 +99,16 @@ class StoreCalls:
         make: Callable[[SessionBackend], Awaitable[_T]],
         decision: PhaseDecision,
         limit: float,
+        *,
+        deadline_counts: bool = True,
     ) -> _T:
-        """Run ``make(backend)`` within ``limit`` seconds; the outcome feeds the breaker."""
+        """Run ``make(backend)`` within ``limit`` seconds; the outcome feeds the breaker.
+
+        ``deadline_counts=False`` (the background shadow reads): passing ``limit`` is not
+        held against the store. Those reads queue up behind each other when the store is
+        merely slow, and a breaker opened by them would fail the store's authoritative
+        calls for the sessions of another phase.
+        """
         decision.record_invoked(store)
         breaker = self.breakers[store]
         start = time.perf_counter()
@@ -110,7 +118,8 @@ class StoreCalls:
                 result = await make(self.backends[store])
         except TimeoutError:
             error = "DeadlineExceeded"
-            breaker.failed()
+            if deadline_counts:
+                breaker.failed()
             raise BackendTimeoutError(
                 f"{op} passed its {limit:.3g}s deadline", store=store.value
             ) from None

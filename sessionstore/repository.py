@@ -87,7 +87,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Background comparisons in flight at most, by default (``max_comparisons``).
-DEFAULT_MAX_COMPARISONS = 256
+DEFAULT_MAX_COMPARISONS = 64
 #: Seconds a write given up on may still take to land (``repair_delay``): above the
 #: drivers' own request timeouts (Cassandra's is 10 s by default).
 DEFAULT_REPAIR_DELAY = 15.0
@@ -490,11 +490,15 @@ class SessionRepository:
     def _start_shadow(
         self, store: Store, sid: uuid.UUID, decision: PhaseDecision
     ) -> asyncio.Task[StoredRecord | None]:
-        return self._stores.spawn(
-            self._stores.call(
-                store, "get", lambda b: b.get(sid), decision, self._timeouts.shadow_read
-            )
+        read = self._stores.call(
+            store,
+            "get",
+            lambda b: b.get(sid),
+            decision,
+            self._timeouts.shadow_read,
+            deadline_counts=False,
         )
+        return self._stores.spawn(read)
 
     async def _compare(
         self,
