@@ -1,14 +1,19 @@
 """``python -m benchmarks``: run the benchmarks, print the table, write the JSON.
 
 Options: ``--out PATH`` (default bench-results/bench.json), ``--only a,b`` (sections:
-latency, flags, load, backfill, verify, memory), ``--quick`` (a smoke run with small
-sizes; its figures mean little), ``--memory-sizes 10000,100000``.
+latency, flags, load, backfill, verify, memory, resilience), ``--quick`` (a smoke run
+with small sizes; its figures mean little), ``--memory-sizes 10000,100000``.
+
+``resilience`` runs on a Cassandra and a FerretDB of its own (it freezes them), which it
+starts and removes itself; the other sections use the servers ``scripts/servers up``
+started.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import sys
@@ -19,7 +24,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks._env import Servers
 
-SECTIONS = ("latency", "flags", "load", "backfill", "verify", "memory")
+SECTIONS = ("latency", "flags", "load", "backfill", "verify", "memory", "resilience")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +50,10 @@ class Sizes:
     docdb_rounds: int = 4
     cassandra_rounds: int = 2
     concurrencies: tuple[int, ...] = (1, 4, 16, 64)
+    resilience_ops: int = 100
+    resilience_rounds: int = 4
+    enqueue_seeded: int = 500_000
+    enqueue_rounds: int = 6
 
 
 QUICK = Sizes(
@@ -61,6 +70,10 @@ QUICK = Sizes(
     cassandra_mixed=20,
     docdb_rounds=1,
     cassandra_rounds=1,
+    resilience_ops=40,
+    resilience_rounds=1,
+    enqueue_seeded=50_000,
+    enqueue_rounds=2,
 )
 
 
@@ -84,7 +97,9 @@ async def _run(args: argparse.Namespace, sizes: Sizes) -> tuple[list[report.Row]
         raise SystemExit(f"unknown sections: {', '.join(sorted(unknown))}")
     rows: list[report.Row] = []
     timings: dict[str, float] = {}
-    async with Servers() as servers:
+    async with contextlib.AsyncExitStack() as stack:
+        if only - {"resilience"}:  # resilience alone needs no shared servers: it has its own
+            servers = await stack.enter_async_context(Servers())
         if "latency" in only:
             from benchmarks import latency
 
@@ -157,6 +172,19 @@ async def _run(args: argparse.Namespace, sizes: Sizes) -> tuple[list[report.Row]
             t0 = time.perf_counter()
             rows += await memory.run(servers, counts)
             timings["memory"] = time.perf_counter() - t0
+    if "resilience" in only:
+        from benchmarks import resilience
+
+        _log("issue 10: a frozen secondary store, and the repair enqueue")
+        t0 = time.perf_counter()
+        rows += await resilience.run(
+            ops=sizes.resilience_ops,
+            rounds=sizes.resilience_rounds,
+            enqueue_seeded=sizes.enqueue_seeded,
+            enqueue_rounds=sizes.enqueue_rounds,
+            log=_log,
+        )
+        timings["resilience"] = time.perf_counter() - t0
     return rows, {"section_seconds": {k: round(v, 1) for k, v in timings.items()}}
 
 
