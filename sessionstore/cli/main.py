@@ -1,7 +1,7 @@
 """``sessionstore``: the on-call command line.
 
 Commands: ``backfill``, ``verify``, ``purge``, ``repair``, ``phase`` (and ``phases``),
-``rehearse``. Stores are configured by flags and ``SESSIONSTORE_*`` environment
+``rehearse``, ``check``. Stores are configured by flags and ``SESSIONSTORE_*`` environment
 variables; secrets are never printed. See docs/cli.md.
 
 Exit codes: 0 success; 1 the job ran and found differences, or units failed;
@@ -22,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sessionstore.cli import jobs, phase, purge, rehearse, repair
+from sessionstore.cli import check, jobs, phase, purge, rehearse, repair
 
 __all__ = ["main"]
 
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     repair.add_parser(sub)
     phase.add_parsers(sub)
     rehearse.add_parser(sub)
+    check.add_parser(sub)
     return parser
 
 
@@ -54,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return repair.command(args)
     if args.command in ("phase", "phases"):
         return phase.command(args)
+    if args.command == "check":
+        return check.command(args)
     return rehearse.command(args)
 
 
