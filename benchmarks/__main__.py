@@ -1,14 +1,19 @@
 """``python -m benchmarks``: run the benchmarks, print the table, write the JSON.
 
 Options: ``--out PATH`` (default bench-results/bench.json), ``--only a,b`` (sections:
-latency, flags, load, backfill, verify, memory, fanout), ``--quick`` (a smoke run with small
-sizes; its figures mean little), ``--memory-sizes 10000,100000``.
+latency, flags, load, backfill, verify, memory, fanout, resilience), ``--quick`` (a smoke
+run with small sizes; its figures mean little), ``--memory-sizes 10000,100000``.
+
+``resilience`` runs on a Cassandra and a FerretDB of its own (it freezes them), which it
+starts and removes itself; the other sections use the servers ``scripts/servers up``
+started.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import sys
@@ -19,7 +24,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks._env import Servers
 
-SECTIONS = ("latency", "flags", "load", "backfill", "verify", "memory", "fanout")
+SECTIONS = ("latency", "flags", "load", "backfill", "verify", "memory", "fanout", "resilience")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,10 @@ class Sizes:
     fanout_workers: tuple[int, ...] = (1, 2, 4)
     fanout_concurrency: int = 4
     fanout_rounds: int = 2
+    resilience_ops: int = 100
+    resilience_rounds: int = 4
+    enqueue_seeded: int = 500_000
+    enqueue_rounds: int = 6
 
 
 QUICK = Sizes(
@@ -70,6 +79,10 @@ QUICK = Sizes(
     fanout_sessions=400,
     fanout_large=20,
     fanout_rounds=1,
+    resilience_ops=40,
+    resilience_rounds=1,
+    enqueue_seeded=50_000,
+    enqueue_rounds=2,
 )
 
 
@@ -93,7 +106,9 @@ async def _run(args: argparse.Namespace, sizes: Sizes) -> tuple[list[report.Row]
         raise SystemExit(f"unknown sections: {', '.join(sorted(unknown))}")
     rows: list[report.Row] = []
     timings: dict[str, float] = {}
-    async with Servers() as servers:
+    async with contextlib.AsyncExitStack() as stack:
+        if only - {"resilience"}:  # resilience alone needs no shared servers: it has its own
+            servers = await stack.enter_async_context(Servers())
         if "latency" in only:
             from benchmarks import latency
 
@@ -157,32 +172,55 @@ async def _run(args: argparse.Namespace, sizes: Sizes) -> tuple[list[report.Row]
             )
             timings["backfill+verify"] = time.perf_counter() - t0
         if "memory" in only:
-            from benchmarks import memory
-
-            counts = (
-                (1000, 3000) if args.quick else tuple(int(x) for x in args.memory_sizes.split(","))
-            )
-            _log(f"item 6: peak RSS of backfills of {' and '.join(map(str, counts))} sessions")
             t0 = time.perf_counter()
-            rows += await memory.run(servers, counts)
+            rows += await _memory(servers, args)
             timings["memory"] = time.perf_counter() - t0
         if "fanout" in only:
-            from benchmarks import fanout
-
             _log("item 4, fan-out: worker processes over an SQS queue vs one backfill")
             t0 = time.perf_counter()
-            rows += await fanout.run(
-                servers,
-                count=sizes.fanout_sessions,
-                large_count=sizes.fanout_large,
-                large_kb=sizes.fanout_large_kb,
-                workers=sizes.fanout_workers,
-                concurrency=sizes.fanout_concurrency,
-                rounds=sizes.fanout_rounds,
-                log=_log,
-            )
+            rows += await _fanout(servers, sizes)
             timings["fanout"] = time.perf_counter() - t0
+    if "resilience" in only:
+        _log("issue 10: a frozen secondary store, and the repair enqueue")
+        t0 = time.perf_counter()
+        rows += await _resilience(sizes)
+        timings["resilience"] = time.perf_counter() - t0
     return rows, {"section_seconds": {k: round(v, 1) for k, v in timings.items()}}
+
+
+async def _memory(servers: Servers, args: argparse.Namespace) -> list[report.Row]:
+    from benchmarks import memory
+
+    counts = (1000, 3000) if args.quick else tuple(int(x) for x in args.memory_sizes.split(","))
+    _log(f"item 6: peak RSS of backfills of {' and '.join(map(str, counts))} sessions")
+    return await memory.run(servers, counts)
+
+
+async def _fanout(servers: Servers, sizes: Sizes) -> list[report.Row]:
+    from benchmarks import fanout
+
+    return await fanout.run(
+        servers,
+        count=sizes.fanout_sessions,
+        large_count=sizes.fanout_large,
+        large_kb=sizes.fanout_large_kb,
+        workers=sizes.fanout_workers,
+        concurrency=sizes.fanout_concurrency,
+        rounds=sizes.fanout_rounds,
+        log=_log,
+    )
+
+
+async def _resilience(sizes: Sizes) -> list[report.Row]:
+    from benchmarks import resilience
+
+    return await resilience.run(
+        ops=sizes.resilience_ops,
+        rounds=sizes.resilience_rounds,
+        enqueue_seeded=sizes.enqueue_seeded,
+        enqueue_rounds=sizes.enqueue_rounds,
+        log=_log,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from benchmarks._raw import cql
 from sessionstore.backends.cassandra import CassandraBackend, CassandraSettings, schema_cql
 from sessionstore.backends.documentdb import DocumentDBBackend, DocumentDBSettings
 from sessionstore.phases import PhaseSource
-from sessionstore.repair import InMemoryRepairQueue
+from sessionstore.repair import InMemoryRepairQueue, RepairQueue
 from sessionstore.repository import SessionRepository
 
 CASSANDRA_HOSTS = os.environ.get("SESSIONSTORE_CASSANDRA_HOSTS", "127.0.0.1").split(",")
@@ -49,7 +49,7 @@ REQUEST_TIMEOUT = 30.0
 Doc = dict[str, Any]
 
 
-def cluster_settings() -> dict[str, Any]:
+def cluster_settings(port: int = CASSANDRA_PORT) -> dict[str, Any]:
     """Keyword arguments of the baselines' ``Cluster``: the backend's own profile."""
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy("")),
@@ -59,7 +59,7 @@ def cluster_settings() -> dict[str, Any]:
     )
     return {
         "contact_points": CASSANDRA_HOSTS,
-        "port": CASSANDRA_PORT,
+        "port": port,
         "protocol_version": 5,
         "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
         "connect_timeout": 10.0,
@@ -67,7 +67,7 @@ def cluster_settings() -> dict[str, Any]:
     }
 
 
-def mongo_client(**overrides: Any) -> AsyncMongoClient[Doc]:
+def mongo_client(uri: str = MONGODB_URI, **overrides: Any) -> AsyncMongoClient[Doc]:
     """A client with the options ``DocumentDBBackend.connect`` uses."""
     options: dict[str, Any] = {
         "uuidRepresentation": "standard",
@@ -80,7 +80,7 @@ def mongo_client(**overrides: Any) -> AsyncMongoClient[Doc]:
         "appname": "sessionstore-bench",
     }
     options.update(overrides)
-    return AsyncMongoClient(MONGODB_URI, **options)
+    return AsyncMongoClient(uri, **options)
 
 
 class Servers:
@@ -91,9 +91,16 @@ class Servers:
         async with Servers() as servers:
             table = await servers.new_table("lat")
             backend = await servers.cassandra_backend(table)
+
+    ``cassandra_port`` and ``mongodb_uri`` point it at another pair (the resilience
+    section's own servers); the defaults are the ``SESSIONSTORE_*`` settings.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, cassandra_port: int = CASSANDRA_PORT, mongodb_uri: str = MONGODB_URI
+    ) -> None:
+        self.cassandra_port = cassandra_port
+        self.mongodb_uri = mongodb_uri
         self.run_id = uuid.uuid4().hex[:8]
         self.cluster: Cluster | None = None
         self._session: Session | None = None
@@ -104,14 +111,14 @@ class Servers:
     async def __aenter__(self) -> Self:
         # The TTL index is refused by FerretDB v1 (logged once per backend): not a finding.
         logging.getLogger("sessionstore.backends.documentdb").setLevel(logging.ERROR)
-        cluster = Cluster(**cluster_settings())
+        cluster = Cluster(**cluster_settings(self.cassandra_port))
         self.cluster = cluster
         self._session = await asyncio.to_thread(cluster.connect)
         await self.execute(
             f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = "
             "{'class': 'SimpleStrategy', 'replication_factor': 1}"
         )
-        self.client = mongo_client()
+        self.client = mongo_client(self.mongodb_uri)
         await self.client.admin.command("ping")
         return self
 
@@ -170,7 +177,7 @@ class Servers:
         """The backend's settings for ``table`` (library defaults, protocol v5 pinned)."""
         return CassandraSettings(
             contact_points=CASSANDRA_HOSTS,
-            port=CASSANDRA_PORT,
+            port=self.cassandra_port,
             keyspace=KEYSPACE,
             table=table,
             protocol_version=5,
@@ -192,7 +199,7 @@ class Servers:
         """An opened ``DocumentDBBackend.connect`` backend (its own client)."""
         # tls=False: the explicit plaintext opt-out for the loopback test server.
         settings = DocumentDBSettings(
-            uri=MONGODB_URI, database=DATABASE, collection=collection.name, tls=False
+            uri=self.mongodb_uri, database=DATABASE, collection=collection.name, tls=False
         )
         backend = DocumentDBBackend.connect(settings, name=name, insert_first=insert_first)
         await backend.__aenter__()
@@ -203,15 +210,17 @@ class Servers:
         table: str,
         collection: AsyncCollection[Doc],
         phases: PhaseSource,
+        repairs: RepairQueue | None = None,
         **options: Any,
     ) -> SessionRepository:
         """A repository as a service builds it: both backends connected by settings, an
-        in-memory repair queue; ``options`` go to :class:`SessionRepository`."""
+        in-memory repair queue unless ``repairs`` is given; ``options`` go to
+        :class:`SessionRepository`."""
         return SessionRepository(
             cassandra=await self.cassandra_backend(table),
             documentdb=await self.documentdb_backend(collection),
             phases=phases,
-            repairs=InMemoryRepairQueue(),
+            repairs=repairs or InMemoryRepairQueue(),
             **options,
         )
 

@@ -27,9 +27,41 @@ from sessionstore.resilience import (
     Timeouts,
 )
 
-__all__ = ["Deadline", "StoreCalls"]
+__all__ = ["Deadline", "StoreCalls", "within"]
 
 _T = TypeVar("_T")
+
+# Store calls abandoned at their deadline that have not finished yet (see ``within``).
+_abandoned: set[asyncio.Future[Any]] = set()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: an abandoned call's error is not logged as lost
+
+
+async def within(call: Awaitable[_T], seconds: float) -> _T:
+    """Await ``call`` for at most ``seconds``: past it, TimeoutError at once.
+
+    The call runs in a task of its own, which is cancelled at the deadline (or when the
+    caller is) and no longer waited for. A cancellation alone does not bound the wait:
+    a driver may lose it and carry on until the server answers. PyMongo does on Python
+    3.11, whose ``asyncio.wait_for`` swallows a cancellation that arrives as the awaited
+    condition is notified: a write to a frozen (SIGSTOPped) FerretDB then waited for its
+    connection handshake, seconds past its deadline.
+    """
+    task = asyncio.ensure_future(call)
+    try:
+        async with asyncio.timeout(max(seconds, 0.0)):
+            return await asyncio.shield(task)
+    except BaseException:
+        if not task.done():
+            task.cancel()
+            _abandoned.add(task)
+            task.add_done_callback(_forget)
+        raise
+
 
 # Errors that say the store is unwell (they count towards its breaker). A refused
 # request (BackendRejectedError), a conflict or bad input say nothing about its health.
@@ -114,8 +146,7 @@ class StoreCalls:
         start = time.perf_counter()
         error: str | None = None
         try:
-            async with asyncio.timeout(max(limit, 0.0)):
-                result = await make(self.backends[store])
+            result = await within(make(self.backends[store]), limit)
         except TimeoutError:
             error = "DeadlineExceeded"
             if deadline_counts:
@@ -142,8 +173,7 @@ class StoreCalls:
         """One read-only call, off every caller's path: closes the breaker if it answers."""
         breaker = self.breakers[store]
         try:
-            async with asyncio.timeout(self.timeouts.read):
-                await self.backends[store].head(uuid.uuid4())
+            await within(self.backends[store].head(uuid.uuid4()), self.timeouts.read)
         except Exception:  # noqa: BLE001 - any failure keeps the breaker open
             breaker.failed()
         else:

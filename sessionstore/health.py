@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from sessionstore._store_calls import within as bounded
 from sessionstore.backends.base import SessionBackend
 from sessionstore.phases import Phase, Store
 from sessionstore.repair.queue import QueueStats, RepairQueue
@@ -88,8 +89,7 @@ async def probe_store(
     """Read one random key (a cheap ``head``) within ``within`` seconds."""
     start = time.perf_counter()
     try:
-        async with asyncio.timeout(within):
-            await backend.head(uuid.uuid4())
+        await bounded(backend.head(uuid.uuid4()), within)
     except Exception as exc:  # noqa: BLE001 - the probe reports any failure
         return StoreHealth(False, (time.perf_counter() - start) * 1000, _error_name(exc), breaker)
     return StoreHealth(True, (time.perf_counter() - start) * 1000, None, breaker)
@@ -111,8 +111,7 @@ async def check_health(
     queue_error: str | None = None
     if queue is not None:
         try:
-            async with asyncio.timeout(within):
-                stats = await queue.stats()
+            stats = await bounded(queue.stats(), within)
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             queue_error = _error_name(exc)
     return HealthReport(dict(zip(backends, results, strict=True)), stats, queue_error, phase)

@@ -1,7 +1,7 @@
 """``sessionstore``: the on-call command line.
 
 Commands: ``backfill``, ``verify``, ``purge``, ``repair``, ``phase`` (and ``phases``),
-``rehearse``. Stores are configured by flags and ``SESSIONSTORE_*`` environment
+``rehearse``, ``check``. Stores are configured by flags and ``SESSIONSTORE_*`` environment
 variables; secrets are never printed. See docs/cli.md.
 
 Exit codes: 0 success; 1 the job ran and found differences, or units failed;
@@ -22,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sessionstore.cli import jobs, phase, purge, rehearse, repair, worker
+from sessionstore.cli import check, jobs, phase, purge, rehearse, repair, worker
 
 __all__ = ["main"]
 
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     phase.add_parsers(sub)
     rehearse.add_parser(sub)
     worker.add_parser(sub)
+    check.add_parser(sub)
     return parser
 
 
@@ -57,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return phase.command(args)
     if args.command == "worker":
         return worker.command(args)
+    if args.command == "check":
+        return check.command(args)
     return rehearse.command(args)
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import time
 import uuid
 from typing import Any
 
@@ -13,12 +11,9 @@ import pytest
 
 from sessionstore import (
     MAX_ENCODED_SIZE,
-    BackendError,
-    ConflictError,
     InMemoryRepairQueue,
     InvalidSessionError,
     Phase,
-    RepairWorker,
     SessionRepository,
     SessionTooLargeError,
     StaticPhaseSource,
@@ -28,6 +23,7 @@ from sessionstore.backends.documentdb import DocumentDBBackend
 from sessionstore.testing import KeySerializingBackend
 from tests.helpers import make_session
 from tests.phase_checks import check_routing
+from tests.real.load import Load, assert_converged, drain, wait_until_answers
 from tests.real.pair import real_repository, servers
 
 pytestmark = pytest.mark.real
@@ -94,72 +90,6 @@ async def test_injection_shaped_ids_are_rejected_before_any_store(hostile_id: st
 # -- servers stopped under load ------------------------------------------------------
 
 
-class _Load:
-    """Concurrent writers through the repository; remembers the newest acked revision."""
-
-    def __init__(self, repo: SessionRepository, keys: int = 60) -> None:
-        self.repo = repo
-        self.keys = [uuid.uuid4() for _ in range(keys)]
-        self.acked: dict[uuid.UUID, tuple[int, bool]] = {}
-        self.failures = 0
-        self.conflicts = 0
-        self.rng = random.Random(11)
-
-    async def writer(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            sid = self.rng.choice(self.keys)
-            try:
-                if self.rng.random() < 0.85:
-                    saved = await self.repo.save(make_session(session_id=sid))
-                    result = (saved.revision, False)
-                else:
-                    result = (await self.repo.delete(sid), True)
-            except ConflictError:
-                # Another writer's newer revision of the key was stored by the time this
-                # one read its write back: not acknowledged (the newer one is).
-                self.conflicts += 1
-                continue
-            except BackendError:
-                self.failures += 1  # not acknowledged: the authoritative store failed
-                await asyncio.sleep(0.05)
-                continue
-            if sid not in self.acked or self.acked[sid][0] < result[0]:
-                self.acked[sid] = result
-            await asyncio.sleep(0)
-
-    @contextlib.asynccontextmanager
-    async def running(self, writers: int = 6) -> Any:
-        stop = asyncio.Event()
-        tasks = [asyncio.create_task(self.writer(stop)) for _ in range(writers)]
-        try:
-            yield
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks)
-
-
-async def _wait_until_answers(store: Any, deadline_s: float = 120) -> None:
-    """Poll a restarted store with real reads until it answers (drivers reconnect)."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            await store.get(uuid.uuid4())
-            return
-        except BackendError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
-
-
-async def _assert_converged(load: _Load, cassandra: Any, documentdb: Any) -> None:
-    assert load.acked, "the load acknowledged no write"
-    for sid, (revision, deleted) in load.acked.items():
-        for store in (cassandra, documentdb):
-            record = await store.get(sid)
-            assert record is not None, (store.name, sid)
-            assert (record.revision, record.deleted) == (revision, deleted), store.name
-
-
 async def _fault_run(phase: Phase, down: str, cassandra: Any, ferretdb: Any) -> None:
     # Six writers share 60 keys, so two writes to one key often overlap. FerretDB's
     # conditional replace is a read followed by a write (DocumentDB's is atomic): the
@@ -176,28 +106,21 @@ async def _fault_run(phase: Phase, down: str, cassandra: Any, ferretdb: Any) -> 
         repair_delay=0.0,
     )
     async with repo:
-        load = _Load(repo)
+        load = Load(repo)
         async with load.running():
             await asyncio.sleep(1.5)  # both up
-            servers("stop", down)
+            # In a thread: the event loop (and the calls' deadlines) keep running meanwhile.
+            await asyncio.to_thread(servers, "stop", down)
             await asyncio.sleep(4)  # secondary down: writes still acknowledged
             acked_while_down = len(load.acked)
-            servers("start", down)
-            await _wait_until_answers(cassandra if down == "cassandra" else documentdb)
+            await asyncio.to_thread(servers, "start", down)
+            await wait_until_answers(cassandra if down == "cassandra" else documentdb)
             await asyncio.sleep(1.5)  # both up again
         assert acked_while_down > 0
         assert repo.stats.secondary_failures > 0, "the stopped server never failed a write"
         assert load.failures == 0, "a secondary outage failed a call"
-        worker = RepairWorker(
-            cassandra=cassandra, documentdb=documentdb, queue=queue, retry_delay_seconds=0.2
-        )
-        for _ in range(20):
-            await worker.drain()
-            if await queue.depth() == 0:
-                break
-            await asyncio.sleep(0.5)
-        assert await queue.depth() == 0
-        await _assert_converged(load, cassandra, documentdb)
+        await drain(cassandra, documentdb, queue)
+        await assert_converged(load, cassandra, documentdb)
 
 
 async def test_documentdb_down_during_dual_write_loses_nothing() -> None:
@@ -250,4 +173,4 @@ async def test_cassandra_down_during_docdb_primary_loses_nothing() -> None:
         await asyncio.to_thread(cluster.shutdown)
         # Later tests share the process-wide session: wait until it is back too.
         shared = await shared_session()
-        await _wait_until_answers(CassandraBackend(shared, keyspace=TEST_KEYSPACE, table=table))
+        await wait_until_answers(CassandraBackend(shared, keyspace=TEST_KEYSPACE, table=table))

@@ -38,3 +38,10 @@ def histogram_counts(
 def gauge_value(reader: InMemoryMetricReader, name: str) -> float | None:
     points = _points(reader, name)
     return points[-1].value if points else None
+
+
+def gauge_points(
+    reader: InMemoryMetricReader, name: str
+) -> dict[tuple[tuple[str, Any], ...], float]:
+    """A gauge's latest values by their sorted attribute pairs."""
+    return {tuple(sorted(p.attributes.items())): p.value for p in _points(reader, name)}

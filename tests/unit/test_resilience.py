@@ -8,6 +8,7 @@ guarantee is "bounded by the deadline", not a speed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -20,9 +21,15 @@ from sessionstore import (
     BreakerState,
     CircuitOpenError,
     ConfigurationError,
+    InMemoryBackend,
+    InMemoryRepairQueue,
     Phase,
+    SessionRepository,
+    StaticPhaseSource,
     Store,
+    StudentSession,
     Timeouts,
+    WriteResult,
 )
 from sessionstore.testing import MemoryStores, memory_repository
 from tests.helpers import make_session
@@ -230,6 +237,51 @@ async def test_health_probes_read_only_and_reports_breakers_queue_and_phase() ->
         assert report.queue is not None and report.queue.pending == 3
         assert report.to_dict()["stores"]["cassandra"]["breaker"] == "open"
         stores.cassandra.thaw()
+
+
+class _LosesCancellation(InMemoryBackend):
+    """A store whose save, once cancelled, carries on until ``release`` is set: a driver
+    that loses the cancellation, as PyMongo does on Python 3.11 (a write to a frozen
+    FerretDB then waited for its connection handshake until the server came back)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="documentdb")
+        self.release = asyncio.Event()
+        self.finished = 0
+
+    async def save(
+        self, session: StudentSession, *, expected_revision: int | None = None
+    ) -> WriteResult:
+        # Lost, as Python 3.11's asyncio.wait_for loses it when its future is done too.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await self.release.wait()
+        self.finished += 1
+        return await super().save(session, expected_revision=expected_revision)
+
+
+async def test_a_store_call_that_loses_its_cancellation_still_ends_at_the_deadline() -> None:
+    documentdb = _LosesCancellation()
+    queue = InMemoryRepairQueue()
+    repo = SessionRepository(
+        cassandra=InMemoryBackend(name="cassandra"),
+        documentdb=documentdb,
+        phases=StaticPhaseSource(Phase.DUAL_WRITE),
+        repairs=queue,
+        timeouts=FAST,
+    )
+    async with repo:
+        saved, waited = await timed(repo.save(make_session()))
+        assert waited < FAST.secondary_write + MARGIN
+        assert queue.pending() == {saved.session_id}
+        assert repo.stats.secondary_failures == 1
+        # The abandoned call goes on by itself and lands (the revision rule allows it).
+        documentdb.release.set()
+        for _ in range(100):
+            if documentdb.finished:
+                break
+            await asyncio.sleep(0.01)
+        assert documentdb.records()[saved.session_id].revision == saved.revision
 
 
 @pytest.mark.parametrize(
