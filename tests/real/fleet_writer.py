@@ -6,7 +6,7 @@ Opens a :class:`SessionRepository` in ``DUAL_WRITE`` on the stores of the
 ``SESSIONSTORE_*`` variables, with the SQS repair queue at QUEUE_URL and its own
 ``HybridClock(writer_id=WRITER_ID)``; creates COUNT sessions, then saves each once more.
 Prints one JSON line per acknowledged save (``session_id``, ``revision``) and, last, a
-summary line (``secondary_failures``, ``repairs_enqueued``).
+summary line (``secondary_failures``, ``secondary_skipped``, ``repairs_enqueued``).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ async def main(queue_url: str, writer_id: int, count: int) -> None:
         json.dumps(
             {
                 "secondary_failures": stats.secondary_failures,
+                "secondary_skipped": stats.secondary_skipped,
                 "repairs_enqueued": stats.repairs_enqueued,
             }
         )

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -27,7 +28,7 @@ from sessionstore.backends import _cql_codec
 from sessionstore.backends._bson_codec import to_doc, tombstone_doc
 from sessionstore.backends.cassandra import CassandraBackend, create_schema
 from sessionstore.backends.documentdb import DocumentDBBackend
-from sessionstore.revision import HybridClock
+from sessionstore.revision import WRITER_BITS, HybridClock
 from tests.real.cassandra_store import (
     TEST_KEYSPACE,
     fresh_table_name,
@@ -193,12 +194,18 @@ async def seed_documentdb(collection: Any, records: Iterable[StoredRecord]) -> N
 
 
 def history(n: int, *, seed: int, tombstone_every: int = 0) -> list[StoredRecord]:
-    """``n`` records with increasing revisions; every ``tombstone_every``-th a tombstone."""
+    """``n`` records with increasing past revisions; every ``tombstone_every``-th a tombstone."""
     rng = random.Random(seed)
     clock = HybridClock()
+    revisions = [clock.next() for _ in range(n)]
+    # Issued faster than one a microsecond tick, the last revisions run seconds ahead of
+    # the wall clock; a history is in the past (a later save must be newer than it). A
+    # shift by whole ticks keeps the clock's writer id in the low bits.
+    tick = 1 << WRITER_BITS
+    ahead = revisions[-1] - time.time_ns() // 1000 + 1_000_000
+    shift = -(-max(ahead, 0) // tick) * tick
     out = []
-    for i in range(n):
-        revision = clock.next()
+    for i, revision in enumerate(r - shift for r in revisions):
         if tombstone_every and i % tombstone_every == tombstone_every - 1:
             out.append(StoredRecord.tombstone(uuid.UUID(int=rng.getrandbits(128)), revision))
         else:

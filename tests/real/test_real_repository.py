@@ -118,7 +118,8 @@ async def _fault_run(phase: Phase, down: str, cassandra: Any, ferretdb: Any) -> 
             await asyncio.sleep(1.5)  # both up again
         assert acked_while_down > 0
         assert repo.stats.secondary_failures > 0, "the stopped server never failed a write"
-        assert load.failures == 0, "a secondary outage failed a call"
+        failed = [t for t in load.timed if t.outcome not in ("ok", "conflict")]
+        assert not failed, f"a secondary outage failed {len(failed)} calls: {failed[:3]}"
         await drain(cassandra, documentdb, queue)
         await assert_converged(load, cassandra, documentdb)
 
