@@ -144,14 +144,21 @@ async def wait_until_answers(store: Any, deadline_s: float = 120) -> None:
             await asyncio.sleep(0.5)
 
 
-async def drain(cassandra: Any, documentdb: Any, queue: RepairQueue) -> None:
-    """Run a RepairWorker until the queue is empty (sessions may wait out a back-off)."""
+async def drain(
+    cassandra: Any, documentdb: Any, queue: RepairQueue, *, within: float = 10.0
+) -> None:
+    """Run a RepairWorker until the queue is empty, for at most ``within`` seconds.
+
+    Sessions may wait out a back-off, or the repository's ``repair_delay`` (give
+    ``within`` above it when the repository keeps the default).
+    """
     worker = RepairWorker(
         cassandra=cassandra, documentdb=documentdb, queue=queue, retry_delay_seconds=0.2
     )
-    for _ in range(20):
+    deadline = time.monotonic() + within
+    while True:
         await worker.drain()
-        if await queue.depth() == 0:
+        if await queue.depth() == 0 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
     assert await queue.depth() == 0

@@ -35,6 +35,13 @@ def histogram_counts(
     return {tuple(sorted(p.attributes.items())): p.count for p in _points(reader, name)}
 
 
+def histogram_max(
+    reader: InMemoryMetricReader, name: str
+) -> dict[tuple[tuple[str, Any], ...], float]:
+    """The largest sample of a histogram by its sorted attribute pairs."""
+    return {tuple(sorted(p.attributes.items())): p.max for p in _points(reader, name)}
+
+
 def gauge_value(reader: InMemoryMetricReader, name: str) -> float | None:
     points = _points(reader, name)
     return points[-1].value if points else None
