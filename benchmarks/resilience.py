@@ -87,12 +87,14 @@ class TimedQueue(SqliteRepairQueue):
         self.in_memory = False
         self._memory = InMemoryRepairQueue()
 
-    async def enqueue(self, session_id: uuid.UUID, reason: str) -> None:
+    async def enqueue(
+        self, session_id: uuid.UUID, reason: str, *, delay_seconds: float = 0.0
+    ) -> None:
         start = time.perf_counter_ns()
         if self.in_memory:
-            await self._memory.enqueue(session_id, reason)
+            await self._memory.enqueue(session_id, reason, delay_seconds=delay_seconds)
         else:
-            await super().enqueue(session_id, reason)
+            await super().enqueue(session_id, reason, delay_seconds=delay_seconds)
         self.samples.append(time.perf_counter_ns() - start)
 
     def take(self) -> list[int]:
