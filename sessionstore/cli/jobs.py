@@ -302,21 +302,18 @@ async def _run(args: argparse.Namespace) -> int:
             return job, _plan(args, job, ids)
 
         job, plan = planned(name)
-        fingerprint = plan_fingerprint(plan)  # of the plan, whatever the job's name
-        units = shard(plan, *shard_spec) if shard_spec else plan
         async with checkpoints:
-            choice = await runs.choose_job(
+            chosen = await runs.choose_planned(
                 args,
                 checkpoints,
                 name=name,
                 named=named is not None,
-                fingerprint=fingerprint,
-                planned=len(plan),
-                unit_ids=[u.unit_id for u in units],
+                planned=planned,
+                first=(job, plan),
+                fingerprint=plan_fingerprint(plan),  # of the plan, whatever the job's name
+                shard_spec=shard_spec,
             )
-            if choice.name != name:  # the job to resume: the same plan under its name
-                job, plan = planned(choice.name)
-                units = shard(plan, *shard_spec) if shard_spec else plan
+            choice, job, units = chosen.choice, chosen.job, chosen.units
             nothing_to_do = choice.resumed and choice.done == len(units)
             _header(args=args, action=action, choice=choice, settings=settings, units=units)
             if nothing_to_do:
@@ -331,7 +328,7 @@ async def _run(args: argparse.Namespace) -> int:
                 return common.EXIT_OK
             try:
                 # A complete job's run touches no store: it reads its totals back.
-                report = await job.run(units, fingerprint=fingerprint, restart=args.restart)
+                report = await job.run(units, fingerprint=chosen.fingerprint, restart=args.restart)
             finally:
                 bar.close()
     finally:

@@ -27,7 +27,7 @@ from sessionstore.jobs.checkpoint import (
 from sessionstore.jobs.engine import JobReport
 from sessionstore.jobs.purge import PurgeJob, check_older_than
 from sessionstore.jobs.settings import ConnectionSettings
-from sessionstore.jobs.units import JobAction, WorkUnit, parse_shard, shard
+from sessionstore.jobs.units import JobAction, WorkUnit, parse_shard
 from sessionstore.phases import Store
 from sessionstore.repair.worker import DEFAULT_TOMBSTONE_GRACE
 
@@ -140,21 +140,18 @@ async def _run(args: argparse.Namespace) -> int:
             return job, job.plan(parts=args.parts)
 
         job, plan = planned(name)
-        fingerprint = job.fingerprint(plan)  # of the plan and options, whatever the name
-        units = shard(plan, *shard_spec) if shard_spec else plan
         async with checkpoints:
-            choice = await runs.choose_job(
+            chosen = await runs.choose_planned(
                 args,
                 checkpoints,
                 name=name,
                 named=named is not None,
-                fingerprint=fingerprint,
-                planned=len(plan),
-                unit_ids=[u.unit_id for u in units],
+                planned=planned,
+                first=(job, plan),
+                fingerprint=job.fingerprint(plan),  # of the plan and options, whatever the name
+                shard_spec=shard_spec,
             )
-            if choice.name != name:  # the job to resume: the same plan under its name
-                job, plan = planned(choice.name)
-                units = shard(plan, *shard_spec) if shard_spec else plan
+            choice, job, units = chosen.choice, chosen.job, chosen.units
             nothing_to_do = choice.resumed and choice.done == len(units)
             _header(args, choice, settings, units, older_than)
             if nothing_to_do:
@@ -165,7 +162,7 @@ async def _run(args: argparse.Namespace) -> int:
                     where = settings.describe(source_store.other)
                     await common.probe(other, "other store", where)
             try:
-                report = await job.run(units, fingerprint=fingerprint, restart=args.restart)
+                report = await job.run(units, fingerprint=chosen.fingerprint, restart=args.restart)
             finally:
                 bar.close()
     finally:

@@ -31,15 +31,26 @@ import datetime as dt
 import hashlib
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 from sessionstore.cli import _common as common
 from sessionstore.cli._common import CommandError
 from sessionstore.jobs.checkpoint import CheckpointStore, JobRecord, UnitState
-from sessionstore.jobs.units import JobAction, check_job_name
+from sessionstore.jobs.units import JobAction, WorkUnit, check_job_name, shard
 from sessionstore.phases import Store
 
-__all__ = ["DEFAULT_PARTS", "JobChoice", "check_run_flags", "choose_job", "new_job_name"]
+__all__ = [
+    "DEFAULT_PARTS",
+    "JobChoice",
+    "PlannedJob",
+    "check_run_flags",
+    "choose_job",
+    "choose_planned",
+    "new_job_name",
+]
+
+_J = TypeVar("_J")
 
 #: Units per key range when ``--parts`` is not given.
 DEFAULT_PARTS = 256
@@ -55,6 +66,17 @@ class JobChoice:
     done: int = 0
     #: When a resumed job was begun.
     started_at: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlannedJob(Generic[_J]):
+    """The job chosen, built under its name, with the units this process runs."""
+
+    choice: JobChoice
+    job: _J
+    units: list[WorkUnit]
+    #: Of the whole plan (and the job's options, for a purge), whatever the job's name.
+    fingerprint: str
 
 
 def check_run_flags(args: argparse.Namespace) -> str | None:
@@ -154,6 +176,41 @@ async def choose_job(
     recorded = await checkpoints.units(found.job)
     done = sum(1 for u in unit_ids if u in recorded and recorded[u].state is UnitState.DONE)
     return JobChoice(found.job, resumed=True, done=done, started_at=found.started_at)
+
+
+async def choose_planned(
+    args: argparse.Namespace,
+    checkpoints: CheckpointStore,
+    *,
+    name: str,
+    named: bool,
+    planned: Callable[[str], tuple[_J, list[WorkUnit]]],
+    first: tuple[_J, list[WorkUnit]],
+    fingerprint: str,
+    shard_spec: tuple[int, int] | None,
+) -> PlannedJob[_J]:
+    """:func:`choose_job` for ``first``, the job and plan ``planned(name)`` built, and that
+    job under the chosen name (a resumed job runs the same plan under its own name).
+
+    ``fingerprint`` identifies the plan; ``shard_spec`` (i, N) picks this process's
+    share of the units. The caller builds ``first`` before it opens ``checkpoints``, so
+    that a plan refused as bad input leaves no checkpoint file behind.
+    """
+    job, plan = first
+    units = shard(plan, *shard_spec) if shard_spec else plan
+    choice = await choose_job(
+        args,
+        checkpoints,
+        name=name,
+        named=named,
+        fingerprint=fingerprint,
+        planned=len(plan),
+        unit_ids=[u.unit_id for u in units],
+    )
+    if choice.name != name:
+        job, plan = planned(choice.name)
+        units = shard(plan, *shard_spec) if shard_spec else plan
+    return PlannedJob(choice, job, units, fingerprint)
 
 
 async def _check_new(
