@@ -13,7 +13,6 @@ import asyncio
 import json
 import random
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,6 @@ from tests.real.cassandra_store import shared_session
 from tests.real.jobs_support import (
     Names,
     all_records,
-    create_names,
-    drop_names,
     history,
     open_pair,
     seed_cassandra,
@@ -39,18 +36,6 @@ from tests.real.servers import MONGODB_URI
 pytestmark = pytest.mark.real
 
 SECRET = "wr0ng-Passw0rd"
-
-
-@pytest.fixture
-def names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Names]:
-    created = asyncio.run(create_names())
-    for key, value in created.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)  # the default checkpoint file lands here
-    try:
-        yield created
-    finally:
-        asyncio.run(drop_names(created))
 
 
 def _run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:

@@ -15,8 +15,6 @@ import datetime as dt
 import json
 import random
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +25,6 @@ from sessionstore.revision import wall_clock_us
 from tests.real.jobs_support import (
     Names,
     all_records,
-    create_names,
-    drop_names,
     open_pair,
     seed_cassandra,
     seed_documentdb,
@@ -38,18 +34,6 @@ from tests.real.jobs_support import (
 pytestmark = pytest.mark.real
 
 DAY_US = dt.timedelta(days=1) // dt.timedelta(microseconds=1)
-
-
-@pytest.fixture
-def names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Names]:
-    created = asyncio.run(create_names())
-    for key, value in created.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)  # the default checkpoint file lands here
-    try:
-        yield created
-    finally:
-        asyncio.run(drop_names(created))
 
 
 def _run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
