@@ -57,12 +57,7 @@ def add_parser(sub: Any) -> None:
         epilog="exit codes: 0 healthy, 3 a store, the queue or LaunchDarkly unreachable, "
         "2 bad input",
     )
-    parser.add_argument(
-        "--queue",
-        metavar="FILE_OR_URL",
-        default=os.environ.get("SESSIONSTORE_REPAIR_QUEUE"),
-        help="the SQLite repair queue file, or the SQS queue URL (SESSIONSTORE_REPAIR_QUEUE)",
-    )
+    repair.add_queue_flag(parser)
     parser.add_argument(
         "--timeout",
         type=common.positive_float,
@@ -97,7 +92,7 @@ def add_parser(sub: Any) -> None:
 def command(args: argparse.Namespace) -> int:
     """Run ``check``; returns the exit code."""
     common.setup_logging(args.verbose)
-    if args.queue and not repair._is_url(args.queue) and not os.path.isfile(args.queue):
+    if args.queue and repair.queue_file_missing(args.queue):
         # Opening a missing file would create an empty queue: a typo would look healthy.
         common.error(f"repair queue {args.queue!r} does not exist")
         return common.EXIT_USAGE
@@ -147,7 +142,7 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         for store in Store:
             backends[store] = jobs.make_backend(settings, store)
-        queue = repair._queue(args.queue) if args.queue else None
+        queue = repair.queue_at(args.queue) if args.queue else None
         if keying is not None:
             health, now = await asyncio.gather(
                 check_health(backends, queue, within=args.timeout),

@@ -50,7 +50,14 @@ from sessionstore.repair.worker import (
     RepairWorker,
 )
 
-__all__ = ["EXIT_NOT_DRAINED", "add_parser", "command"]
+__all__ = [
+    "EXIT_NOT_DRAINED",
+    "add_parser",
+    "add_queue_flag",
+    "command",
+    "queue_at",
+    "queue_file_missing",
+]
 
 #: Sessions are still queued (in back-off, or leased by another worker).
 EXIT_NOT_DRAINED = 4
@@ -70,12 +77,7 @@ def add_parser(sub: Any) -> None:
         "(--follow: a session gave up after --max-attempts), 4 sessions still queued "
         "(back-off or leased: run again or --wait), 2 bad input, 3 store or queue unreachable",
     )
-    parser.add_argument(
-        "--queue",
-        metavar="FILE_OR_URL",
-        default=os.environ.get("SESSIONSTORE_REPAIR_QUEUE"),
-        help="the SQLite repair queue file, or the SQS queue URL (SESSIONSTORE_REPAIR_QUEUE)",
-    )
+    add_queue_flag(parser)
     parser.add_argument(
         "--follow",
         action="store_true",
@@ -138,7 +140,7 @@ def command(args: argparse.Namespace) -> int:
             "--follow runs until stopped: it takes no --dead-letters, --wait or --max-rounds"
         )
         return common.EXIT_USAGE
-    if not _is_url(args.queue) and not os.path.isfile(args.queue):
+    if queue_file_missing(args.queue):
         # Creating an empty queue would hide a mistyped path behind "nothing to repair".
         common.error(f"repair queue {args.queue!r} does not exist")
         return common.EXIT_USAGE
@@ -154,13 +156,29 @@ def _is_url(queue: str) -> bool:
     return queue.startswith(("https://", "http://"))
 
 
-def _queue(spec: str) -> RepairQueue:
+def add_queue_flag(parser: argparse.ArgumentParser) -> None:
+    """``--queue FILE_OR_URL`` (default ``SESSIONSTORE_REPAIR_QUEUE``)."""
+    parser.add_argument(
+        "--queue",
+        metavar="FILE_OR_URL",
+        default=os.environ.get("SESSIONSTORE_REPAIR_QUEUE"),
+        help="the SQLite repair queue file, or the SQS queue URL (SESSIONSTORE_REPAIR_QUEUE)",
+    )
+
+
+def queue_file_missing(spec: str) -> bool:
+    """Whether ``spec`` names a SQLite queue file that does not exist (opening it would
+    create an empty queue)."""
+    return not _is_url(spec) and not os.path.isfile(spec)
+
+
+def queue_at(spec: str) -> RepairQueue:
     """The unopened queue: an SQS queue URL, or a SQLite file (checked settings)."""
     return SqsRepairQueue(spec) if _is_url(spec) else SqliteRepairQueue(spec)
 
 
 async def _run(args: argparse.Namespace, requeue: list[uuid.UUID] | None) -> int:
-    queue = _queue(args.queue)
+    queue = queue_at(args.queue)
     try:
         await queue.__aenter__()
     except BackendRejectedError as exc:
