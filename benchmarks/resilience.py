@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import sqlite3
 import statistics
 import tempfile
@@ -203,13 +202,11 @@ async def _case(
     ]
     label, server = phase.name, LABEL[secondary]
     common = {"calls_per_block": ops, "rounds": rounds, **counts}
-    enqueue = sorted(enqueue_open)
+    enqueue = Block(list(enqueue_open))
     enqueue_ms = {
-        "median": round(statistics.median(enqueue) / 1e6, 3) if enqueue else None,
-        "p99": round(enqueue[max(0, math.ceil(0.99 * len(enqueue)) - 1)] / 1e6, 3)
-        if enqueue
-        else None,
-        "count": len(enqueue),
+        "median": round(enqueue.median / 1e6, 3) if enqueue.samples else None,
+        "p99": round(enqueue.p99 / 1e6, 3) if enqueue.samples else None,
+        "count": len(enqueue.samples),
     }
     return [
         Row(
