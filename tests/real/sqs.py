@@ -38,6 +38,17 @@ def sqs_client() -> SQSClient:
     )
 
 
+def sqs_env() -> dict[str, str]:
+    """The variables that point the library's SQS pieces (as the command line builds
+    them) at the test server: its endpoint, region and dummy credentials."""
+    return {
+        "SESSIONSTORE_SQS_ENDPOINT": SQS_ENDPOINT,
+        "AWS_DEFAULT_REGION": SQS_REGION,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class SqsQueue:
     """A standard queue, its dead-letter queue, and the client that made them."""
@@ -47,6 +58,10 @@ class SqsQueue:
     dlq_url: str
     max_receive_count: int
     visibility_timeout: int
+
+    def env(self) -> dict[str, str]:
+        """:func:`sqs_env`, and this queue as the repair queue (``SESSIONSTORE_REPAIR_QUEUE``)."""
+        return {"SESSIONSTORE_REPAIR_QUEUE": self.url, **sqs_env()}
 
 
 @contextlib.contextmanager

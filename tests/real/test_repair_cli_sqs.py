@@ -20,7 +20,6 @@ from sessionstore.revision import wall_clock_us
 from tests.helpers import make_session
 from tests.real.cassandra_store import TEST_KEYSPACE, session_execute, shared_session
 from tests.real.jobs_support import Names, create_names, drop_names, open_pair, seed_cassandra
-from tests.real.servers import SQS_ENDPOINT, SQS_REGION
 from tests.real.sqs import SqsQueue, fresh_queue
 
 pytestmark = pytest.mark.real
@@ -32,11 +31,7 @@ def wired(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Names, SqsQueue]]:
     with fresh_queue(max_receive_count=5) as sqs:
         env = {
             **names.env(),
-            "SESSIONSTORE_REPAIR_QUEUE": sqs.url,
-            "SESSIONSTORE_SQS_ENDPOINT": SQS_ENDPOINT,
-            "AWS_DEFAULT_REGION": SQS_REGION,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
+            **sqs.env(),
         }
         for key, value in env.items():
             monkeypatch.setenv(key, value)

@@ -24,7 +24,6 @@ import pytest
 
 from tests.real.jobs_support import Names, create_names, drop_names, open_pair
 from tests.real.pair import ROOT, servers
-from tests.real.servers import SQS_ENDPOINT, SQS_REGION
 from tests.real.sqs import SqsQueue, fresh_queue
 
 pytestmark = pytest.mark.real
@@ -40,11 +39,7 @@ def _env(names: Names, sqs: SqsQueue) -> dict[str, str]:
         **os.environ,
         **names.env(),
         "PYTHONPATH": str(ROOT),
-        "SESSIONSTORE_SQS_ENDPOINT": SQS_ENDPOINT,
-        "SESSIONSTORE_REPAIR_QUEUE": sqs.url,
-        "AWS_DEFAULT_REGION": SQS_REGION,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
+        **sqs.env(),
     }
 
 

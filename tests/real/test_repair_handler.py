@@ -24,7 +24,7 @@ from tests.helpers import make_session
 from tests.real.cassandra_store import TEST_KEYSPACE, session_execute, shared_session
 from tests.real.documentdb_store import TEST_DATABASE, new_client
 from tests.real.jobs_support import Names, create_names, drop_names, seed_cassandra
-from tests.real.servers import SQS_ENDPOINT, SQS_REGION
+from tests.real.servers import SQS_REGION
 from tests.real.sqs import SqsQueue, fresh_queue
 
 pytestmark = pytest.mark.real
@@ -51,12 +51,8 @@ def wired(
     with fresh_queue(max_receive_count=5) as sqs:
         env = {
             **names.env(),
-            "SESSIONSTORE_REPAIR_QUEUE": sqs.url,
+            **sqs.env(),
             "SESSIONSTORE_REPAIR_RETRY_DELAY": "30",
-            "SESSIONSTORE_SQS_ENDPOINT": SQS_ENDPOINT,
-            "AWS_DEFAULT_REGION": SQS_REGION,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
         }
         for key, value in env.items():
             monkeypatch.setenv(key, value)

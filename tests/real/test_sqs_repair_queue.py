@@ -172,14 +172,9 @@ def test_a_queue_of_another_server_is_reached_through_its_endpoint(
 ) -> None:
     # As the command line builds it: the endpoint from SESSIONSTORE_SQS_ENDPOINT, the
     # region and credentials from the usual AWS variables.
-    from tests.real.servers import SQS_ENDPOINT, SQS_REGION
+    from tests.real.sqs import sqs_env
 
-    for name, value in {
-        "SESSIONSTORE_SQS_ENDPOINT": SQS_ENDPOINT,
-        "AWS_DEFAULT_REGION": SQS_REGION,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-    }.items():
+    for name, value in sqs_env().items():
         monkeypatch.setenv(name, value)
 
     async def round_trip(url: str) -> list[uuid.UUID]:
