@@ -194,14 +194,35 @@ async def frozen_pair(phase: Phase, tmp_path: Path) -> AsyncIterator[Pair]:
         await session_execute(session, f"DROP TABLE IF EXISTS {TEST_KEYSPACE}.{table}")
 
 
-async def freeze(name: str) -> float:
-    """SIGSTOP the server (off the event loop: the callers' clocks keep running)."""
-    await asyncio.to_thread(servers, "freeze", name)
-    return time.monotonic()
+@dataclasses.dataclass(frozen=True)
+class Freeze:
+    """When the server was frozen and thawed (monotonic), and the call log's length then."""
+
+    frozen_at: float
+    thaw_at: float
+    log_at_thaw: int
 
 
-async def thaw(name: str) -> None:
-    await asyncio.to_thread(servers, "thaw", name)
+async def freeze_under_load(
+    pair: Pair, load: Load, server: str, store: Store, *, settle: float
+) -> Freeze:
+    """Run the load: warm up, SIGSTOP ``server`` for FREEZE_SECONDS, SIGCONT it, wait
+    until ``store``'s breaker closed again, then ``settle`` seconds more.
+
+    ``scripts/servers`` runs off the event loop: the callers' clocks keep running.
+    """
+    async with load.running(WRITERS, READERS):
+        await asyncio.sleep(WARM_SECONDS)
+        await asyncio.to_thread(servers, "freeze", server)
+        frozen_at = time.monotonic()
+        try:
+            await asyncio.sleep(FREEZE_SECONDS)
+        finally:
+            thaw_at, log_at_thaw = time.monotonic(), len(pair.calls)
+            await asyncio.to_thread(servers, "thaw", server)
+        await pair.wait_closed(store)
+        await asyncio.sleep(settle)
+    return Freeze(frozen_at, thaw_at, log_at_thaw)
 
 
 def summary(label: str, calls: list[Timed]) -> str:
@@ -241,16 +262,9 @@ async def test_a_frozen_secondary_fails_no_call_and_holds_none_past_its_deadline
     servers("status", server)  # up (and skipped when the servers are external)
     async with frozen_pair(phase, tmp_path) as pair:
         load = Load(pair.repo)
-        async with load.running(WRITERS, READERS):
-            await asyncio.sleep(WARM_SECONDS)
-            frozen_at = await freeze(server)
-            try:
-                await asyncio.sleep(FREEZE_SECONDS)
-            finally:
-                thaw_at = time.monotonic()
-                await thaw(server)
-            await pair.wait_closed(secondary)
-            await asyncio.sleep(0.5)  # writes reach both stores again
+        # settle: writes reach both stores again
+        freeze = await freeze_under_load(pair, load, server, secondary, settle=0.5)
+        frozen_at, thaw_at = freeze.frozen_at, freeze.thaw_at
 
         writes, reads = load.calls(WRITES), load.calls(("get",))
         print(summary("writes before the freeze", load.calls(WRITES, until=frozen_at)))
@@ -291,16 +305,9 @@ async def test_a_frozen_authoritative_store_fails_writes_fast_and_reads_fall_bac
     servers("status", server)
     async with frozen_pair(phase, tmp_path) as pair:
         load = Load(pair.repo, call_log=pair.calls)
-        async with load.running(WRITERS, READERS):
-            await asyncio.sleep(WARM_SECONDS)
-            frozen_at = await freeze(server)
-            try:
-                await asyncio.sleep(FREEZE_SECONDS)
-            finally:
-                thaw_at, log_at_thaw = time.monotonic(), len(pair.calls)
-                await thaw(server)
-            await pair.wait_closed(auth)
-            await asyncio.sleep(1.0)  # writes are acknowledged again
+        # settle: writes are acknowledged again
+        freeze = await freeze_under_load(pair, load, server, auth, settle=1.0)
+        frozen_at, thaw_at, log_at_thaw = freeze.frozen_at, freeze.thaw_at, freeze.log_at_thaw
 
         failed = [t for t in load.calls(WRITES) if t.outcome not in ("ok", "conflict")]
         timed_out = [t for t in failed if t.outcome == "BackendTimeoutError"]
