@@ -63,7 +63,6 @@ class Load:
         self.acked: dict[uuid.UUID, tuple[int, bool]] = {}
         self.unsure: set[uuid.UUID] = set()
         self.timed: list[Timed] = []
-        self.failures = 0
         self.conflicts = 0
         self.rng = random.Random(11)
         self._call_log = call_log
@@ -90,7 +89,6 @@ class Load:
                 continue
             except BackendError as exc:
                 self._record(kind, sid, start, type(exc).__name__)
-                self.failures += 1  # not acknowledged: the authoritative store failed
                 if not isinstance(exc, CircuitOpenError):  # that one sent nothing
                     self.unsure.add(sid)
                 await asyncio.sleep(0.05)
